@@ -243,3 +243,47 @@ async def test_tries_the_cp_refused_end_the_time_away(monkeypatch: pytest.Monkey
     await asyncio.wait_for(link._run(), 10)
     assert tries == 8 and rec.events("cp_link_refused"), (tries, rec.entries)
     assert not rec.events("cp_unreachable"), rec.events("cp_unreachable")
+
+
+@pytest.mark.parametrize("before", [False, True])
+async def test_no_challenge_where_the_cp_answered_before_is_no_wrong_port(monkeypatch: pytest.MonkeyPatch, before: bool) -> None:
+    """Found by the slow-links walk-through: a link made again through a stalling network got no
+    challenge within 2 s, and hsbd said `cp_link_wrong_port`, "most likely host.cp points at a
+    port that is no hsb link", of the address its link had worked at for minutes. Where a link
+    was authenticated before, it says `cp_link_no_challenge`: the daemon or the network there."""
+    from hsb.ops import refusals as refusals_mod
+    from hsb.wire.client import FrameStream
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(refusals_mod, "log", rec)
+    link: CPLink
+    tries = 0
+
+    class Silent(FakeStream):
+        challenged = False
+
+        async def authenticate(self, *_: Any, **__: Any) -> str:
+            raise TimeoutError
+
+    async def connect(*a: Any, **k: Any) -> FrameStream | FakeStream:
+        nonlocal tries
+        tries += 1
+        if tries == 1 and before:
+            return FakeStream([])  # authenticated: the link comes up, then ends (eof)
+        if tries <= 2:
+            return Silent([])  # connected, no challenge
+        link.stopped = True
+        raise OSError("stop here")
+
+    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
+    monkeypatch.setattr(cplink_mod, "CP_RETRY_CAP", 0.01)
+    link = CPLink(
+        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
+        on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None,
+    )  # fmt: skip
+    await asyncio.wait_for(link._run(), 10)
+    said = rec.events("cp_link_no_challenge" if before else "cp_link_wrong_port")
+    assert len(said) == 1 and said[0]["reason"].startswith("no challenge within 2 s"), rec.entries
+    assert not rec.events("cp_link_wrong_port" if before else "cp_link_no_challenge"), rec.entries
+    assert ("answered before" in said[0]["msg"]) == before and ("no hsb link" in said[0]["msg"]) != before, said

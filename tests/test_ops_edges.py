@@ -346,6 +346,8 @@ def test_a_port_that_is_no_hsb_link_is_told_apart_from_a_stuck_daemon() -> None:
     assert refusals.not_hsb(OSError(), fs, 2.0, "host.cp", "t") is None
     reason, fix = refusals.not_hsb(TimeoutError(), fs, 2.0, "host.cp", "t") or ("", "")
     assert reason.startswith("no challenge within 2 s") and "no hsb link" in fix
+    reason, fix = refusals.not_hsb(TimeoutError(), fs, 2.0, "host.cp", "t", answered_before=True) or ("", "")
+    assert reason.startswith("no challenge within 2 s") and "answered before" in fix and "no hsb link" not in fix
     fs.challenged = True
     reason, fix = refusals.not_hsb(TimeoutError(), fs, 2.0, "host.cp", "t") or ("", "")
     assert "the challenge came" in reason and "overloaded or stuck" in fix

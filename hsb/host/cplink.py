@@ -256,6 +256,9 @@ class CPLink:
             cp=self.addr,
         )
         # a port that answers but is no hsb link (the CP's terminal port): said once, not retried in silence
+        answered_before = False  # an hsb link at that address was authenticated by this process
+        # (and then, no challenge within AUTH_TIMEOUT_S: a stuck daemon or a stalling network, not a wrong port)
+        no_challenge = RefusalLog("cp_link_no_challenge", level="warning", on_said=said, cp=self.addr)
         wrong_port = RefusalLog("cp_link_wrong_port", level="warning", on_said=said, cp=self.addr)
         away = Unreachable(self.addr, said)
         acted: str | None = None  # the last link ended with this error of ACTED_ON's
@@ -269,10 +272,10 @@ class CPLink:
                     await fs.aclose()
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
-                foreign = not_hsb(exc, fs, AUTH_TIMEOUT_S, "host.cp", "the CP's host_listen")
+                foreign = not_hsb(exc, fs, AUTH_TIMEOUT_S, "host.cp", "the CP's host_listen", answered_before)
                 refused = isinstance(exc, LinkClosed) and exc.error is not None
                 if foreign is not None:  # no answer, or not hsb's: most likely the wrong port
-                    wrong_port.seen(*foreign)
+                    (no_challenge if answered_before and isinstance(exc, TimeoutError) else wrong_port).seen(*foreign)
                     refused = refused or isinstance(exc, ProtocolError)
                 elif refused:  # a wrong secret or version, another link's port: said once (then once a minute), tried slowly
                     away.answered()
@@ -361,6 +364,8 @@ class CPLink:
             copy_refusals.clear()
             unresolved.clear()
             wrong_port.clear()
+            no_challenge.clear()
+            answered_before = True  # (a later silence there is no wrong port: refusals.not_hsb)
             self.fs = fs
             self.dropping = None
             self.connects += 1

@@ -255,6 +255,9 @@ class PeerLink:
             peer=self.peer_addr,
         )
         # a port that answers but is no hsb link (the CP's terminal port): said once, not retried in silence
+        answered_before = False  # an hsb link at that address was authenticated by this process
+        # (and then, no challenge within AUTH_TIMEOUT_S: a stuck daemon or a stalling network, not a wrong port)
+        no_challenge = RefusalLog("peer_link_no_challenge", level="warning", on_said=said, peer=self.peer_addr)
         wrong_port = RefusalLog("peer_link_wrong_port", level="warning", on_said=said, peer=self.peer_addr)
         while True:
             fs: FrameStream | None = None
@@ -267,12 +270,12 @@ class PeerLink:
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
                 code = exc.error.get("code") if isinstance(exc, LinkClosed) and exc.error else None
-                foreign = not_hsb(exc, fs, AUTH_TIMEOUT_S, "host.peer", "the other host's peer_listen")
+                foreign = not_hsb(exc, fs, AUTH_TIMEOUT_S, "host.peer", "the other host's peer_listen", answered_before)
                 refused = code in ("auth_failed", "version_mismatch", "tls_name_mismatch", "wrong_peer")
                 if code == "wrong_peer":  # that host has another peer: our host.peer names the wrong one
                     not_peer.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
                 elif foreign is not None:  # no answer, or not hsb's: most likely the wrong port
-                    wrong_port.seen(*foreign)
+                    (no_challenge if answered_before and isinstance(exc, TimeoutError) else wrong_port).seen(*foreign)
                     refused = isinstance(exc, (NoChallenge, ProtocolError))
                 elif code == "tls_name_mismatch":  # the peer's certificate names another host, or the peer says so of ours
                     tls_refusals.seen(f"tls: {exc}")
@@ -298,6 +301,8 @@ class PeerLink:
             unresolved.clear()
             not_peer.clear()
             wrong_port.clear()
+            no_challenge.clear()
+            answered_before = True  # (a later silence there is no wrong port: refusals.not_hsb)
             if proved != self.peer_last_proved:  # (said the first time, and when another name answers)
                 log.info("peer_host_known", peer=self.peer_addr, name=proved, was=self.peer_last_proved)
             self.peer_proved = self.peer_last_proved = proved

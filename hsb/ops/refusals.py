@@ -122,11 +122,15 @@ def refusal_hint(error: Mapping[str, Any], key: str, link: str, target: str) -> 
     return DEFAULT_HINT
 
 
-def not_hsb(exc: BaseException, fs: FrameStream | None, timeout: float, key: str, target: str) -> tuple[str, str] | None:
+def not_hsb(
+    exc: BaseException, fs: FrameStream | None, timeout: float, key: str, target: str, answered_before: bool = False
+) -> tuple[str, str] | None:
     """(reason, fix) when the far end of a connection made (`fs`) answered as no hsb daemon's
     link does: no challenge within `timeout`, an error frame in its place (the CP's terminal port
     closing a connection that sent no hello), or bytes that are no hsb frame. None otherwise (not
-    connected: unreachable, refused, a name; or a refusal of the authentication itself)."""
+    connected: unreachable, refused, a name; or a refusal of the authentication itself).
+    `answered_before`: an hsb link at `key` was authenticated before by this process, so a
+    challenge that does not come is a slow or stuck daemon or network, not a wrong port."""
     if fs is None:
         return None
     fix = f"point {key} at {target}"
@@ -142,6 +146,12 @@ def not_hsb(exc: BaseException, fs: FrameStream | None, timeout: float, key: str
             return (
                 f"no answer to the authentication within {timeout:g} s (the challenge came)",
                 f"tried again; the daemon at {key} is overloaded or stuck (its log says why), or {key} is not {target}: {fix}",
+            )
+        if answered_before:  # (found by the slow-links walk-through: a stall read as a wrong port)
+            return (
+                f"no challenge within {timeout:g} s of the connect (an hsb link sends it at once)",
+                f"tried again; {target} at {key} answered before, so the daemon there is overloaded or stuck (its log says"
+                " why), or the network to it stalls (ss -ti on both machines)",
             )
         return (
             f"no challenge within {timeout:g} s of the connect (an hsb link sends it at once)",
