@@ -287,3 +287,28 @@ async def test_no_challenge_where_the_cp_answered_before_is_no_wrong_port(monkey
     assert len(said) == 1 and said[0]["reason"].startswith("no challenge within 2 s"), rec.entries
     assert not rec.events("cp_link_wrong_port" if before else "cp_link_no_challenge"), rec.entries
     assert ("answered before" in said[0]["msg"]) == before and ("no hsb link" in said[0]["msg"]) != before, said
+
+
+def test_a_heartbeat_timeout_below_the_cps_lease_is_said_once_per_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the slow-links walk-through: with the CP's host_timeout and host_lease raised to
+    ride out stalls, the hosts' heartbeat_timeout of 0.5 s still dropped the active's link on a
+    1 s stall, and the CP failed over. A registration that tells a lease above it says so."""
+    from hsb.host import ha_cp
+    from hsb.host.ha_cp import CPSide
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_cp, "log", rec)
+    ha = SimpleNamespace(
+        srv=SimpleNamespace(cfg=SimpleNamespace(host=SimpleNamespace(heartbeat_timeout=0.5))), lease=Lease(), told_timeout_below=None
+    )
+    for lease in (0.35, 3.5, 3.5, 0.35, 3.5, 0.4):
+        ha.lease.duration = lease
+        CPSide._timeout_below_lease(ha)  # type: ignore[arg-type]
+    said = rec.events("heartbeat_timeout_below_lease")
+    assert [(e["heartbeat_timeout"], e["lease"]) for e in said] == [(0.5, 3.5)], said  # (once for that lease; 0.35 and 0.4 are fine)
+    assert said[0]["level"] == "warning" and "at least 3.5 s" in said[0]["msg"], said
+    ha.srv.cfg.host.heartbeat_timeout = 0.45  # (a reload: said again for the new pair)
+    ha.lease.duration = 3.5
+    CPSide._timeout_below_lease(ha)  # type: ignore[arg-type]
+    assert len(rec.events("heartbeat_timeout_below_lease")) == 2

@@ -181,3 +181,23 @@ def test_a_peer_without_an_epoch_or_with_the_same_one_is_only_counted(tmp_path: 
             msg["epoch"] = peer_epoch
         ha.peer_claims_active(msg)
         assert calls == [] and ha.counters["two_actives_claimed"] == 1, peer_epoch
+
+
+async def test_a_registration_telling_a_lease_above_the_heartbeat_timeout_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slow-links walk-through's second finding, at the registration that tells the lease
+    (tests/test_host_cp_link_edges.py has the rule's cases)."""
+    from hsb.host import ha_cp
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        monkeypatch.setattr(ha_cp, "log", rec)
+        a.cfg.host.heartbeat_timeout = core.host_lease / 2  # (as a reload to a value below the lease would)
+        core.paused = True  # (the link it drops is no failover)
+        links = a.cp.connects
+        a.ha.post("peer_frame", msg={"t": "active_startup", "name": "host-b", "instance": "stale", "epoch": a.ha.epoch + 40})
+        await until(lambda: a.cp.connects > links and a.is_serving_active(), "host-a registered again, the active")
+        [said] = rec.events("heartbeat_timeout_below_lease")
+        assert said["lease"] == core.host_lease and said["heartbeat_timeout"] == core.host_lease / 2, said

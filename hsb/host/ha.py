@@ -116,6 +116,7 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.next_poll = 0.0
         self.switch_requested_at: float | None = None
         self.switch_peer_closed = False
+        self.told_timeout_below: tuple[float, float] | None = None
         self.active_stopped_by: str | None = None
         self.active_stop_confirmed = False  # the CP knows of that normal stop (its word, or the peer's)
         self.torn_polls = 0

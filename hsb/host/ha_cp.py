@@ -40,6 +40,7 @@ class CPSide:
     release_pending: bool
     role_announced: bool
     switch_requested_at: float | None
+    told_timeout_below: tuple[float, float] | None  # (heartbeat_timeout, lease) last warned of
     switch_sent: dict[int, float]
     switch_refusals: int
     switched_sessions: int
@@ -58,6 +59,7 @@ class CPSide:
             self.srv.tell_service_bounds(msg.get("held_bound"))
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
+            self._timeout_below_lease()
             # the CP answered the register sent then, and any heartbeat it acked since (it acks once
             # this host holds the role: a registration it deferred comes after a lease's time)
             self.lease.extend(max(self.register_sent_at, self.lease.answered_at))
@@ -141,6 +143,27 @@ class CPSide:
             self.last_error = prefix + why
         elif self.last_error is not None and self.last_error.startswith(prefix):
             self.last_error = None
+
+    def _timeout_below_lease(self: HA) -> None:
+        """Said once for each lease the CP tells and heartbeat_timeout set: a timeout below the
+        lease drops this host's links (and, as the active, ends its serving) on a silence the CP
+        would ride out; found by the slow-links walk-through, where raising only the CP's
+        host_timeout and host_lease still failed over on a 1 s stall."""
+        timeout, lease = self.srv.cfg.host.heartbeat_timeout, self.lease.duration
+        if timeout >= lease or self.told_timeout_below == (timeout, lease):
+            return
+        self.told_timeout_below = (timeout, lease)
+        log.warning(
+            "heartbeat_timeout_below_lease",
+            heartbeat_timeout=timeout,
+            lease=lease,
+            msg=(
+                f"host.heartbeat_timeout ({timeout:g} s) is below the CP's host_lease ({lease:g} s): a silence of the CP or the"
+                " peer longer than it drops this host's link (the active stops serving there, and the CP fails over) though"
+                f" its lease would run on; raise heartbeat_timeout on both hosts to at least {lease:g} s (docs/operations.md §5,"
+                " Riding out network stalls)"
+            ),
+        )
 
     async def ev_cp_down(self: HA, why: str) -> None:
         self.registered = False
