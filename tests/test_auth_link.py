@@ -224,7 +224,7 @@ async def test_an_admin_link_taken_is_logged_at_debug_only(monkeypatch: pytest.M
     rec = RecordingLog()
     monkeypatch.setattr(authlink, "log", rec)
     monkeypatch.setattr(Link, "link", link)
-    monkeypatch.setattr(Link, "authenticated_level", real.authenticated_level)  # (the real link's level, said by the shared code)
+    monkeypatch.setattr(Link, "quiet_authenticated", real.quiet_authenticated)  # (the real link's level, said by the shared code)
     p, t = opened()
     p.data_received(auth_frame(challenge(p, t), link=link))
     assert p.authed

@@ -63,7 +63,7 @@ async def test_switchover_refused_while_active_alive_then_redelivers_in_order(cp
         a.send({"t": "reply", "terminal": "T00002", "id": i, "data": f"r{i}", "epoch": a.epoch})
     await t.wait_count(lambda m: m["t"] == "reply", 2)
 
-    b.send({"t": "switchover", "reason": "test", "planned": False})
+    b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
     refused = await b.wait(lambda m: m["t"] in ("switch_refused", "switch_granted"))
     assert refused["t"] == "switch_refused" and "alive" in refused["reason"]
 
@@ -71,7 +71,7 @@ async def test_switchover_refused_while_active_alive_then_redelivers_in_order(cp
     await a.close()  # the active's host link closes (process died)
     await b.wait(lambda m: m["t"] == "active_lost")
     mark = len(b.inbox)
-    b.send({"t": "switchover", "reason": "test", "planned": False})
+    b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
     granted = await b.wait(lambda m: m["t"] in ("switch_refused", "switch_granted"), start=mark)
     assert granted["t"] == "switch_granted" and granted["epoch"] == old_epoch + 1
     red = await b.wait_count(lambda m: m["t"] == "deliver", 3)
@@ -130,7 +130,7 @@ async def test_silent_active_is_fenced_and_its_frames_refused(cp: Proc) -> None:
     await a.wait(lambda m: m["t"] == "deliver")
     lost = await b.wait(lambda m: m["t"] == "active_lost", timeout=5)
     assert lost["why"] == "silent"
-    b.send({"t": "switchover", "reason": "silent", "planned": False})
+    b.send({"t": "switchover", "reason": "silent", "planned": False, "peer_closed": True})
     g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
     assert g["t"] == "switch_granted"
     fenced = await a.wait(lambda m: m["t"] == "fenced")
@@ -193,7 +193,7 @@ async def test_terminal_without_standby_session_takes_the_classic_path(cp: Proc)
     await a.close()
     await b.wait(lambda m: m["t"] == "active_lost")
     b.auto_open = ATTRS
-    b.send({"t": "switchover", "reason": "test", "planned": False})
+    b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
     g = await b.wait(lambda m: m["t"] == "switch_granted")
     b.epoch = g["epoch"]
     await t.wait_closed()
@@ -216,7 +216,7 @@ async def test_standby_registering_after_an_abnormal_loss_is_told(cp: Proc) -> N
     lost = await b.wait(lambda m: m["t"] == "active_lost")
     assert lost["host"] == "host-a"
     b.auto_open = ATTRS
-    b.send({"t": "switchover", "reason": "told late", "planned": False})
+    b.send({"t": "switchover", "reason": "told late", "planned": False, "peer_closed": True})
     g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
     assert g["t"] == "switch_granted"
     b.epoch = g["epoch"]

@@ -60,7 +60,7 @@ async def test_a_terminal_back_while_its_adopted_sessions_host_is_lost_is_opened
         cp.host_open(b, "T00001", "standby", {})
     a.connection_lost(None)
     t = recording_terminal(cp, "T00001")
-    cp.host_switchover(b, "lost", False)
+    cp.host_switchover(b, "lost", False, peer_closed=True)
     deadline = asyncio.get_running_loop().time() + 5
     while cp.active is not b or not cp.announced:
         assert asyncio.get_running_loop().time() < deadline, "never granted"

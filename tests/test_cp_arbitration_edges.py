@@ -340,7 +340,7 @@ async def test_the_recorded_active_not_back_is_told_again_until_a_host_holds_the
 
     cp.tick()
     assert [f["host"] for f in lost(b)] == ["host-a"]
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert cp.active is None  # refused: paused
     cp.set_paused(False, "test")
     assert len(lost(b)) == 2, "not told again at the resume"
@@ -348,7 +348,7 @@ async def test_the_recorded_active_not_back_is_told_again_until_a_host_holds_the
     cp.host_lost(b)
     b2 = standby(cp, record=True)
     assert [f["host"] for f in lost(b2)] == ["host-a"], "a standby link made again was not told"
-    cp.host_switchover(b2, "active lost", False, "failover")
+    cp.host_switchover(b2, "active lost", False, "failover", peer_closed=True)
     assert cp.active is b2 and cp.not_back is None
 
 
@@ -465,7 +465,7 @@ async def test_a_failover_request_right_after_a_stall_of_the_cp_is_judged_after_
     now = time.monotonic()
     a.last_rx = now - 1.0  # (its heartbeats wait unread in the socket)
     cp._last_tick = now - 1.0  # the loop did not run for a second
-    cp.host_switchover(b, "peer lost", False, "failover")
+    cp.host_switchover(b, "peer lost", False, "failover", peer_closed=True)
     assert cp.active is a and cp.deferred_grant is not None, "granted on a silence the CP did not read"
     a.last_rx = cp._last_tick = time.monotonic()  # the read: it was alive all along
     await asyncio.sleep(0.15)
@@ -473,7 +473,7 @@ async def test_a_failover_request_right_after_a_stall_of_the_cp_is_judged_after_
     assert cp.active is a and [f["t"] for f in b.transport.frames() if f.get("t", "").startswith("switch")] == ["switch_refused"]
     a.last_rx = time.monotonic() - 1.0  # really silent, the loop running: granted at once
     cp._last_tick = time.monotonic()
-    cp.host_switchover(b, "peer lost", False, "failover")
+    cp.host_switchover(b, "peer lost", False, "failover", peer_closed=True)
     await asyncio.sleep(0)
     cp.settle_flip()
     assert cp.active is b

@@ -28,7 +28,7 @@ async def test_only_the_registered_standby_may_ask_for_the_role(tmp_path: Path) 
     c = fake_host(cp, "host-c", record=True)
     epoch = cp.epoch
     for h in (c, a):
-        cp.host_switchover(h, "test", False, "failover")
+        cp.host_switchover(h, "test", False, "failover", peer_closed=True)
         [refusal] = _said(h, "switch_refused")
         assert refusal["reason"] == "only the registered standby host may ask for a switchover"
         assert not _said(h, "switch_granted")
@@ -43,7 +43,7 @@ async def test_paused_refuses_an_automatic_failover_only(tmp_path: Path) -> None
     b = fake_host(cp, "host-b", "standby", record=True)
     cp.set_paused(True, "test")
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     [refusal] = _said(b, "switch_refused")
     assert refusal["reason"].startswith("paused by the operator")
     assert cp.active is not b and not _said(b, "switch_granted")
@@ -78,7 +78,7 @@ async def test_after_a_restart_the_role_waits_for_the_recorded_actives_lease(tmp
     b = fake_host(cp, "host-b", "standby", record=True)
     assert cp.restart_lease_left(b) > 0
     try:
-        cp.host_switchover(b, "active lost", False, "failover")
+        cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
         assert cp.active is None and cp.epoch == 3 and cp.deferred_grant is not None
         assert not _said(b, "switch_granted") and not _said(b, "switch_refused")
     finally:
@@ -94,7 +94,7 @@ async def test_an_active_silent_for_less_than_host_timeout_keeps_the_role(tmp_pa
     a = fake_host(cp, "host-a", "active")
     b = fake_host(cp, "host-b", "standby", record=True)
     a.last_rx = time.monotonic() - 0.75 * cp.host_timeout
-    cp.host_switchover(b, "active silent", False, "failover")
+    cp.host_switchover(b, "active silent", False, "failover", peer_closed=True)
     [refusal] = _said(b, "switch_refused")
     assert "it is alive on its host link" in refusal["reason"]
     assert cp.active is a and not a.fenced and not _said(b, "switch_granted")
@@ -107,7 +107,7 @@ async def test_a_release_lets_only_a_planned_request_through(tmp_path: Path) -> 
     a = fake_host(cp, "host-a", "active")
     b = fake_host(cp, "host-b", "standby", record=True)
     cp.host_release(a)
-    cp.host_switchover(b, "not planned", False, "failover")
+    cp.host_switchover(b, "not planned", False, "failover", peer_closed=True)
     [refusal] = _said(b, "switch_refused")
     assert "it is alive on its host link" in refusal["reason"]
     assert cp.active is a and not a.fenced and not _said(b, "switch_granted")
@@ -140,7 +140,7 @@ async def test_a_request_right_after_a_tick_that_saw_the_cp_stalled_is_judged_ag
     cp.tick()
     assert cp._tick_skipped and cp.active is a
     try:
-        cp.host_switchover(b, "peer lost", False, "failover")
+        cp.host_switchover(b, "peer lost", False, "failover", peer_closed=True)
         assert cp.active is a and not a.fenced and cp.epoch == 1 and cp.deferred_grant is not None
         assert not _said(b, "switch_granted") and not _said(b, "switch_refused")
     finally:
@@ -169,7 +169,7 @@ async def test_a_deferred_request_is_not_run_for_another_standby(tmp_path: Path)
 
     cp = _restarted(tmp_path)
     b = fake_host(cp, "host-b", "standby")
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert cp.deferred_grant is not None
     b.connection_lost(None)
     c = fake_host(cp, "host-c", "standby", record=True)
@@ -188,10 +188,10 @@ async def test_a_deferred_standby_granted_the_role_is_not_told_its_request_is_mo
 
     cp = _restarted(tmp_path)
     b = fake_host(cp, "host-b", "standby", record=True)
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert cp.deferred_grant is not None
     cp.recovered_at = time.monotonic() - cp.restart_lease_s - 1  # the wait is over
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert cp.active is b and cp.deferred_grant is None and cp.deferred_ask is None
     assert not _said(b, "switch_refused")
 
@@ -206,7 +206,7 @@ def _granted_after_a_loss(tmp_path: Path) -> tuple[Any, Any, Any]:
     b = fake_host(cp, "host-b", "standby")
     held = HeldJournal(cp)
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert cp.granting is b
     return cp, held, b
 
@@ -219,7 +219,7 @@ async def test_a_superseded_grant_leaves_the_newer_pending_grant_its_grantee(tmp
     cp, held, b = _granted_after_a_loss(tmp_path)
     b.connection_lost(None)  # lost before its grant took effect
     c = fake_host(cp, "host-c", "standby", record=True)
-    cp.host_switchover(c, "active lost", False, "failover")
+    cp.host_switchover(c, "active lost", False, "failover", peer_closed=True)
     assert cp.granting is c and cp.epoch == 3
     held.release_one()  # host-b's epoch durable: superseded
     assert cp.granting is c
@@ -242,7 +242,7 @@ async def test_an_active_demoted_by_a_planned_switchover_is_given_work_when_it_t
     cp.settle_flip()
     assert cp.active is b and cp.standby is a
     b.connection_lost(None)
-    cp.host_switchover(a, "active lost", False, "failover")
+    cp.host_switchover(a, "active lost", False, "failover", peer_closed=True)
     cp.settle_flip()
     assert cp.active is a and cp.announced
     recording_terminal(cp, "T00001")
@@ -291,7 +291,7 @@ async def test_a_failover_from_a_silent_active_still_connected_records_its_fence
     a = fake_host(cp, "host-a", "active", record=True)
     b = fake_host(cp, "host-b", "standby", record=True)
     a.last_rx = time.monotonic() - 2 * cp.host_timeout
-    cp.host_switchover(b, "active silent", False, "failover")
+    cp.host_switchover(b, "active silent", False, "failover", peer_closed=True)
     cp.settle_flip()
     [grant] = _said(b, "switch_granted")
     assert cp.active is b and a.fenced and _said(a, "fenced")
@@ -311,7 +311,7 @@ async def test_the_role_taken_after_the_actives_normal_stop_is_a_promote(tmp_pat
     cp.host_stopping(a)
     cp.stopped_at = time.monotonic() - 10 * cp.host_timeout  # (its lease long over)
     assert cp.stop_lease_left() <= 0
-    cp.host_switchover(b, "operator", False, "failover")
+    cp.host_switchover(b, "operator", False, "failover", peer_closed=True)
     cp.settle_flip()
     assert cp.active is b and _said(b, "switch_granted")
     [entry] = cp.history.entries
@@ -330,7 +330,7 @@ async def test_a_failover_after_a_release_is_timed_from_the_loss_not_the_release
     b = fake_host(cp, "host-b", "standby", record=True)
     cp.host_release(a)
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     cp.settle_flip()
     assert cp.active is b and _said(b, "switch_granted")
     rec = cp.switchovers[-1]
@@ -353,11 +353,48 @@ async def test_a_request_asked_again_during_the_restart_wait_is_deferred_once(tm
     b = fake_host(cp, "host-b", "standby", record=True)
     try:
         with structlog.testing.capture_logs() as logs:
-            cp.host_switchover(b, "active lost", False, "failover", req=1)
+            cp.host_switchover(b, "active lost", False, "failover", req=1, peer_closed=True)
             timer = cp.deferred_grant
-            cp.host_switchover(b, "active lost", False, "failover", req=2)
+            cp.host_switchover(b, "active lost", False, "failover", req=2, peer_closed=True)
         assert timer is not None and cp.deferred_grant is timer
         assert [e["event"] for e in logs].count("switchover_deferred") == 1, logs
         assert cp.deferred_ask is not None and cp.deferred_ask[-1] == 2
     finally:
         cp.cancel_deferred_grant()
+
+
+@pytest.mark.parametrize("how", ["eof", "reset"])
+async def test_a_closed_active_link_alone_waits_out_its_lease_and_a_closed_peer_link_grants_at_once(tmp_path: Path, how: str) -> None:
+    """Found by the slow-links walk-through (docs/design.md §6, "A closed link needs a second
+    witness"): the active's link closed by its end may be a middlebox's reset the host never saw,
+    so the standby's request is granted only once the lease the active may hold has surely run out
+    (its last frame + host_lease + the margin), unless the request says the standby's peer link
+    from it closed too; then at once. A request of an older hsbd, which says nothing, waits."""
+    import asyncio
+    import time
+
+    from hsb.cp.config import LEASE_MARGIN
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", record=True)
+    a.connection_lost(None if how == "eof" else ConnectionResetError(104, "Connection reset by peer"))
+    b.data_received(encode({"t": "switchover", "reason": "active lost", "planned": False, "req": 1}))  # (no peer_closed)
+    assert cp.active is a and cp.deferred_grant is not None and not _said(b, "switch_granted") and not _said(b, "switch_refused")
+    b.data_received(encode({"t": "switchover", "reason": "peer link lost: eof", "planned": False, "req": 2, "peer_closed": True}))
+    assert cp.active is b and cp.deferred_grant is None  # at once: both of host-a's links closed
+    assert [g["req"] for g in _said(b, "switch_granted")] == [2]
+    # the same loss without the second witness: granted by the deferred request, once the lease ran out
+    (tmp_path / "2").mkdir()
+    cp2 = cp_core(tmp_path / "2", 2)
+    a2 = fake_host(cp2, "host-a", "active")
+    b2 = fake_host(cp2, "host-b", "standby", record=True)
+    a2.connection_lost(None)
+    cp2.host_switchover(b2, "active lost", False, "failover")
+    assert cp2.active is a2 and cp2.deferred_grant is not None
+    t0 = time.monotonic()
+    while cp2.active is not b2 and time.monotonic() - t0 < 5:
+        await asyncio.sleep(0.01)
+    assert cp2.active is b2, "the deferred request was never granted"
+    assert time.monotonic() >= a2.last_rx + cp2.host_lease + LEASE_MARGIN - 0.005  # (not before the lease surely ran out)

@@ -54,7 +54,7 @@ async def test_a_resume_tells_the_standby_again_of_an_active_gone_silent_while_p
     cp._last_tick = time.monotonic()  # (no stall of the CP's own)
     cp.tick()
     assert [m["why"] for m in _said(b, "active_lost")] == ["silent"]
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert _said(b, "switch_refused") and cp.active is a
     cp.set_paused(False, "test")
     assert [m["why"] for m in _said(b, "active_lost")] == ["silent", "silent"]
@@ -416,7 +416,7 @@ async def test_a_new_active_ends_the_loss_before_it_and_the_next_loss_is_told_an
     a = fake_host(cp, "host-a", "active")
     b = fake_host(cp, "host-b", "standby", record=True)
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert cp.active is b and cp.loss is None
     c = fake_host(cp, "host-c", "standby", record=True)
     assert not _said(c, "active_lost")
@@ -448,7 +448,7 @@ async def test_the_recorded_active_not_back_is_told_no_more_once_a_host_held_the
     b = fake_host(cp, "host-b", "standby", record=True)
     cp.tick()
     assert [m["why"] for m in _said(b, "active_lost")] == ["not back after the CP restarted"]
-    cp.host_switchover(b, "active lost", False, "failover")
+    cp.host_switchover(b, "active lost", False, "failover", peer_closed=True)
     assert cp.active is b and cp.not_back is None
     cp.host_stopping(b)
     b.connection_lost(None)

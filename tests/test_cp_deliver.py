@@ -134,7 +134,7 @@ async def test_a_flip_redelivers_kept_and_unkept_items_in_order_and_marked(tmp_p
     cp.terminal_msg(cp.terms["T1"], 2, b"two")
     await asyncio.sleep(0)
     assert cp.terms["T3"].held[1].wire is None
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     while cp.flipping is not None:
         await asyncio.sleep(0)
     b.flush()

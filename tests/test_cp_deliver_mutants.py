@@ -60,7 +60,7 @@ async def test_an_item_kept_encoded_is_not_encoded_again(tmp_path: Path, monkeyp
     a.deliver_held("T1", cp.terms["T1"].held[1], True)
     assert encoded == []
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
     while cp.flipping is not None:

@@ -120,7 +120,7 @@ async def test_the_active_lost_before_the_record_is_durable_the_next_gets_it_mar
     t.data_received(encode({"t": "msg", "id": 1, "data": "x"}))
     assert delivered(a) == [(1, False)]
     a.connection_lost(None)  # host-a dies with it, unanswered
-    b.data_received(encode({"t": "switchover", "reason": "test", "planned": False}))
+    b.data_received(encode({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True}))
     cp.settle_flip()
     assert cp.active is b
     assert delivered(b) == [], "handed over again before its record was durable"

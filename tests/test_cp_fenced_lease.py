@@ -42,7 +42,7 @@ async def test_a_replaced_active_gets_no_heartbeat_answer_once_the_role_is_grant
     cp._last_tick = time.monotonic()  # (this process itself did not stall, however slow the machine)
     cp.tick()
     assert cp.loss is not None
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     assert cp.active is b and held, "granted, its record not yet durable"
     a.on_hb({"t": "hb", "n": 2})  # the frozen active wakes up inside that window
     b.on_hb({"t": "hb", "n": 3})

@@ -46,7 +46,7 @@ def _setup(tmp_path: Path, keeps: bool) -> tuple[Any, Any, Any, list[str]]:
 async def test_a_failover_flip_in_slices_leaves_every_terminal_consistent(tmp_path: Path) -> None:
     cp, a, b, names = _setup(tmp_path, keeps=False)
     a.connection_lost(None)  # the active's link is gone: the standby asks
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     assert cp.switchovers[-1]["slices"] > 1  # in slices, a turn of the loop between them
     agree_counts(cp)
@@ -145,7 +145,7 @@ async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(t
     for name in holders:
         cp.terminal_msg(cp.terms[name], 1, b"m")
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     b.flush()
     first = [it[0] for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
     assert first == [n for n in holders if n in names[:4]]
@@ -174,7 +174,7 @@ async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_deliv
     unmarked (a mark says "may have been processed")."""
     cp, b, last = _active_lost_one_terminal_a_slice(tmp_path)
     cp.terminal_msg(cp.terms[last], 1, b"x")  # held, with no host to go to
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     assert cp.flipping is not None, "the flip should still be going (one terminal a slice)"
     b.connection_lost(None)  # the new active is gone before the flip reaches the last terminal
     assert cp.flipping is None
@@ -197,7 +197,7 @@ async def test_a_flip_settled_into_a_new_active_already_gone_hands_no_logoff_to_
     cp.terminal_msg(term, 1, b"x")  # held, with no host to go to
     cp.terminal_bye(term)  # and logged off
     delivered = cp.counters.get("delivered", 0)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     assert cp.flipping is not None
     b.connection_lost(None)  # gone before the flip reaches the last terminal
     assert cp.flipping is None
@@ -237,7 +237,7 @@ async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_
     cp.host_close(a, last, "active")  # A closed it; the ring change never reached B
     assert cp.terms[last].standby is not None
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     assert cp.flipping is not None and cp.flipping.i < 4
     (tmp_path / "cp.toml").write_text((tmp_path / "cp.toml").read_text().replace("count = 4", "count = 3"))
     loop = asyncio.get_running_loop()
@@ -493,7 +493,7 @@ async def test_a_new_run_is_not_switched_onto_the_standby_session_of_the_run_tha
     cp.terminal_bye(term)
     p.connection_lost(None)
     fake_terminal(cp, name)  # a new run
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     assert term.active is not old, "the new run was switched onto the old run's session"
     b.flush()
@@ -548,7 +548,7 @@ async def test_a_logoffs_held_message_without_a_standby_session_goes_to_the_new_
     term = cp.terms[name]
     cp.terminal_msg(term, 1, b"x")
     cp.terminal_bye(term)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     b.flush()
     dl = [(it[0], it[1], it[3]) for m in b.transport.frames() if m.get("t") == "deliver_batch" for it in m["items"]]
@@ -572,7 +572,7 @@ async def test_a_message_the_active_said_it_handed_over_is_marked_at_its_first_d
     cp.terminal_msg(term, 1, b"x")
     cp.terminal_msg(term, 2, b"y")
     cp.note_handed({name: 1})
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     b.flush()
     dl = [(m["id"], m["redelivered"]) for m in b.transport.frames() if m.get("t") == "deliver"]

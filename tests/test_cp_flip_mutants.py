@@ -194,7 +194,7 @@ async def test_a_session_adopted_for_a_terminal_not_back_goes_with_the_lost_acti
     cp.host_adopt(a, [("T00001", {})], last=True)
     assert cp.terms["T00001"].active is not None and cp.terms["T00001"].conn is None
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     assert cp.active is b and cp.terms["T00001"].active is None
     agree_counts(cp)
@@ -219,7 +219,7 @@ async def test_a_batched_redelivery_counts_each_message_once(tmp_path: Path) -> 
     a.connection_lost(None)
     cp.terminal_msg(cp.terms[names[1]], 1, b"y")  # held: no active
     before = dict(cp.counters)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     assert sorted(_batched(b)) == [(names[0], 1), (names[1], 1)]
     assert cp.counters["delivered"] - before.get("delivered", 0) == 1
@@ -252,7 +252,7 @@ async def test_an_answer_not_yet_sent_to_a_terminal_that_does_not_resume_is_in_f
     held = cp.terms[names[0]].held[1]
     assert held.replying and j.held
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     rec = cp.switchovers[-1]
     assert rec["in_flight_messages"] == 1 and rec["in_flight_terminals"] == 1, rec
@@ -269,7 +269,7 @@ async def test_a_terminal_closed_by_the_classic_path_counts_its_messages_in_flig
     cp.host_open(a, "T00001", "active", ATTRS)
     a.connection_lost(None)
     cp.terminal_msg(cp.terms["T00001"], 1, b"x")
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     rec = cp.switchovers[-1]
     assert rec["classic"] == 1 and rec["in_flight_terminals"] == 1 and rec["in_flight_messages"] == 1, rec

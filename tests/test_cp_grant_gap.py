@@ -84,7 +84,7 @@ async def test_the_granted_host_lost_before_a_failover_grant_takes_effect_closes
     cp, a, b, terms = pair(tmp_path)
     j = HeldJournal(cp)
     a.connection_lost(None)  # the active dies: host-b asks, and is granted
-    cp.host_switchover(b, "active lost", planned=False)
+    cp.host_switchover(b, "active lost", planned=False, peer_closed=True)
     assert cp.granting is b
     b.connection_lost(None)  # and host-b dies before the epoch is durable
     j.release()
@@ -107,7 +107,7 @@ async def test_standby_sessions_the_granted_host_opens_meanwhile_are_switched(tm
     j = HeldJournal(cp)
     cp.host_close(b, "T00003", "standby")  # the ring: T00003's session closed and opened again
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", planned=False)
+    cp.host_switchover(b, "active lost", planned=False, peer_closed=True)
     cp.host_open(b, "T00003", "standby", {})  # while the epoch is made durable
     assert not any(f["t"] == "open_failed" for f in frames(b)), frames(b)
     j.release()
@@ -171,7 +171,7 @@ async def test_a_terminal_that_logged_off_has_its_messages_answered(tmp_path: Pa
     assert [f["id"] for f in frames(t) if f["t"] == "ack"] == [1]
     assert any(f["t"] in ("deliver", "deliver_batch") for f in frames(a)), "never delivered"
     a.connection_lost(None)  # the active dies before it answers: the standby takes over
-    cp.host_switchover(b, "active lost", planned=False)
+    cp.host_switchover(b, "active lost", planned=False, peer_closed=True)
     cp.settle_flip()
     assert any(f["t"] in ("deliver", "deliver_batch") for f in frames(b)), "not re-delivered at the flip"
     b._handle({"t": "reply", "terminal": t.term.name, "id": 1, "data": "one!", "epoch": cp.epoch})
@@ -191,7 +191,7 @@ async def test_a_terminal_that_logged_off_is_not_given_a_session_at_the_new_acti
     assert t.term.leaving and 1 in t.term.held
     cp.host_open(b, t.term.name, "standby", {})  # the standby, behind on its ring, opens it again
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", planned=False)
+    cp.host_switchover(b, "active lost", planned=False, peer_closed=True)
     cp.settle_flip()
     assert t.term.active is None and t.term.standby is None
     closed = [f for f in frames(b) if f["t"] == "session_closed" and f["terminal"] == t.term.name]
@@ -271,7 +271,7 @@ async def test_a_failovers_old_active_still_connected_is_fenced_when_the_grantee
     cp, a, b, terms = pair(tmp_path)
     j = HeldJournal(cp)
     a.last_rx -= 60  # silent past host_timeout, its link still open
-    cp.host_switchover(b, "active silent", planned=False)
+    cp.host_switchover(b, "active silent", planned=False, peer_closed=True)
     assert cp.granting is b
     b.connection_lost(None)
     j.release()
@@ -326,7 +326,7 @@ async def test_a_standby_registering_while_a_failovers_grantee_is_lost_is_told_t
     cp, a, b, terms = pair(tmp_path)
     j = HeldJournal(cp)
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", planned=False)
+    cp.host_switchover(b, "active lost", planned=False, peer_closed=True)
     b.connection_lost(None)  # the grantee lost before the epoch is durable
     c = fake_host(cp, "host-b", record=True)
     c.instance = "b2"
@@ -349,7 +349,7 @@ async def test_the_epoch_an_old_active_granted_back_knew_is_stale_once_it_loses_
     c.instance = "c1"
     cp.host_register(c, "standby", 1)
     a.last_rx -= 60  # silent past host_timeout
-    cp.host_switchover(c, "active silent", planned=False)  # granted to host-c (its epoch held)
+    cp.host_switchover(c, "active silent", planned=False, peer_closed=True)  # granted to host-c (its epoch held)
     assert cp.granting is c and a.fenced
     a._handle({"t": "close", "terminal": "T00001", "kind": "active", "epoch": known})
     assert a.closed and any(f.get("code") == "fenced" for f in frames(a))
@@ -368,7 +368,7 @@ async def test_an_active_session_opened_before_the_grant_is_announced_gets_its_m
     cp.terminal_msg(t2, 1, b"x")
     j = HeldJournal(cp)
     a.connection_lost(None)
-    cp.host_switchover(b, "active lost", planned=False)
+    cp.host_switchover(b, "active lost", planned=False, peer_closed=True)
     assert cp.active is b and not cp.announced and j.held
     cp.host_open(b, "T00002", "active", {"epoch": cp.epoch})
     assert not [f for f in frames(b) if f["t"] in ("deliver", "deliver_batch")], "delivered before the grant was announced"

@@ -77,7 +77,7 @@ async def test_a_message_the_old_active_had_is_answered_as_maybe_processed_not_a
     b = host(cp, "host-b", "standby", SMALL)
     cp.host_open(b, "T00001", "standby", {})
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await flipped(cp)
     got = replies(p)
     assert [r["id"] for r in got] == [1], got

@@ -74,7 +74,7 @@ async def test_a_fenced_hosts_heartbeat_renews_no_lease(tmp_path: Path) -> None:
     a._handle({"t": "hb", "n": 7})
     assert [f.get("ack") for f in frames(a) if f["t"] == "hb"] == [7]
     a.last_rx -= 60  # silent past host_timeout
-    cp.host_switchover(b, "active silent", False, "failover")
+    cp.host_switchover(b, "active silent", False, "failover", peer_closed=True)
     assert a.fenced and not a.closed
     a._handle({"t": "hb", "n": 8})
     assert [f.get("ack") for f in frames(a) if f["t"] == "hb"] == [7], "a fenced host's lease renewed"

@@ -193,7 +193,7 @@ async def test_a_restart_on_a_shorter_lease_waits_for_the_lease_granted_before(t
         cfg.write_text(text.replace("host_timeout = 6.0", "host_timeout = 0.5").replace("host_lease = 5.0", "host_lease = 0.35"))
         cp2 = restart_cp(cp)
         b = await FakeHost.connect(cp2.info["host"], "host-b", "standby")
-        b.send({"t": "switchover", "reason": "test", "planned": False})
+        b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
         log = tmp_path / "cp" / "cp.log"
         await until(lambda: any(e.get("event") == "switchover_deferred" for e in log_events(log)), 10, what="the deferral")
         deferred = next(e for e in log_events(log) if e.get("event") == "switchover_deferred")
@@ -214,7 +214,7 @@ async def test_a_host_fenced_before_the_crash_stays_fenced(cp: Proc) -> None:
     b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
     await a.close()  # host-a's link closes: the standby is granted
     await b.wait(lambda m: m["t"] == "active_lost")
-    b.send({"t": "switchover", "reason": "test", "planned": False})
+    b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
     g = await b.wait(lambda m: m["t"] == "switch_granted")
     await b.close()
     cp.kill(signal.SIGKILL)

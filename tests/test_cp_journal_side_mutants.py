@@ -199,7 +199,7 @@ async def test_a_checkpoint_names_the_active_of_now_not_the_one_restored(tmp_pat
     b = fake_host(cp, "host-b", "standby")
     assert cp.active is a and cp.standby is b
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     assert cp.active is b
     assert cp._checkpoint()[1:3] == [cp.epoch, "host-b"] and cp.epoch > 3
     cp.host_stopping(b)

@@ -122,7 +122,7 @@ async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Pa
     cp.recovered_at = time.monotonic()
     b = fake_host(cp, "host-b", "standby", record=True)
     t0 = boot_now()
-    cp.host_switchover(b, "peer lost", False, "failover")
+    cp.host_switchover(b, "peer lost", False, "failover", peer_closed=True)
     assert cp.active is None and cp.deferred_grant is not None
     cp.host_switchover(b, "promote (operator)", False, "promote")  # asked again: still one timer, the latest taken
     deadline = t0 + cp.restart_lease_s + 5
@@ -172,7 +172,7 @@ async def test_a_deferred_switchover_made_moot_by_the_active_coming_back_is_answ
     cp.recorded_active = "host-a"
     cp.recovered_at = time.monotonic()
     b = fake_host(cp, "host-b", "standby", record=True)
-    cp.host_switchover(b, "peer lost", False, "failover")
+    cp.host_switchover(b, "peer lost", False, "failover", peer_closed=True)
     assert cp.active is None and cp.deferred_grant is not None
     a = fake_host(cp, "host-a", "active")
     assert cp.active is a and cp.deferred_grant is None and cp.deferred_ask is None

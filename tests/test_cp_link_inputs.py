@@ -383,7 +383,7 @@ async def test_a_message_held_before_a_smaller_host_said_its_max_frame_is_answer
         cp.host_register(b, "standby", 1)
         cp.host_open(b, "T00001", "standby", {"k": "v"})
         a.connection_lost(None)
-        cp.host_switchover(b, "test", False, "failover")
+        cp.host_switchover(b, "test", False, "failover", peer_closed=True)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         while cp.flipping is not None:

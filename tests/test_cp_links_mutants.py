@@ -170,7 +170,7 @@ async def test_a_grant_names_the_request_only_when_its_req_is_an_integer(tmp_pat
     `req: true` is no request number."""
     cp, a, b, t = served(tmp_path)
     a.connection_lost(None)
-    b._handle({"t": "switchover", "reason": "active lost", "req": True})
+    b._handle({"t": "switchover", "reason": "active lost", "req": True, "peer_closed": True})
     await asyncio.sleep(0)
     granted = [f for f in frames(b) if f["t"] == "switch_granted"]
     assert cp.active is b and len(granted) == 1 and "req" not in granted[0], granted

@@ -340,7 +340,7 @@ async def test_a_bye_queued_in_a_storm_and_closed_by_a_failovers_classic_path_st
     p.on_bye({"t": "bye"})
     assert p.bye_waiting and not t.leaving
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await _flipped(cp)  # classic path: conn.close() with its bye waiting -> logged_off
     assert t.leaving and p.closed
     p.connection_lost(None)
@@ -379,7 +379,7 @@ async def test_a_logoffs_message_reaches_the_new_active_after_a_later_runs_class
     p2 = recording_terminal(cp, "T00001", 0)  # run 2, a session at host-a
     cp.host_open(a, "T00001", "active", SESSION_ATTRS)
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     await _flipped(cp)  # classic path: run 2's connection closed
     p2.connection_lost(None)  # run 2 does not come back
     assert t.conn is None and t.active is None

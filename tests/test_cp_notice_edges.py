@@ -31,7 +31,7 @@ def _failover_with_a_message_waiting(tmp_path: Path, terminals: int = 8) -> tupl
     holder = names[0]
     cp.terminal_msg(cp.terms[holder], 1, b"m")
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)
     return cp, b, names, holder, conns
 
 
@@ -79,7 +79,7 @@ async def test_notices_written_in_slices_reach_every_terminal_and_time_the_last(
     cp, a, b, names, conns = flip_pair(tmp_path, 100, False, ATTRS)
     t0 = time.monotonic()
     a.connection_lost(None)
-    cp.host_switchover(b, "test", False, "failover")  # nothing waiting: the notices start at once
+    cp.host_switchover(b, "test", False, "failover", peer_closed=True)  # nothing waiting: the notices start at once
     await flipped(cp)
     before = {n: conns[n].transport.writes for n in names}
     rec = cp.switchovers[-1]

@@ -152,7 +152,7 @@ async def test_a_failover_granted_during_a_handover_wait_ends_the_wait_and_its_t
     h = cp._handover
     assert h is not None and h.owed == {"T00002"} and not h.timer.cancelled()
     a.last_rx = time.monotonic() - cp.host_timeout - 1.0  # silent past host_timeout
-    cp.host_switchover(b, "active silent", False, "failover")
+    cp.host_switchover(b, "active silent", False, "failover", peer_closed=True)
     await flipped(cp)
     assert cp.active is b and a.fenced and cp.switchovers[-1]["kind"] == "failover"
     assert cp._handover is None and h.timer.cancelled()

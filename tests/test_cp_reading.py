@@ -547,7 +547,7 @@ async def test_a_bye_unread_behind_the_bound_is_a_logoff_when_a_failover_closes_
         await a.close()  # the active dies
         # (its link's end seen by the CP first: a request ahead of it is refused, the active alive)
         await until_cp_status(cp, lambda st: st["state"] == "no_active")
-        b.send({"t": "switchover", "reason": "test: the active is gone", "planned": False})
+        b.send({"t": "switchover", "reason": "test: the active is gone", "planned": False, "peer_closed": True})
         await b.wait(lambda m: m["t"] == "switch_granted")
         delivered = await b.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 4)
         assert sorted(m["id"] for m in delivered) == [1, 2, 3, 4], delivered

@@ -75,7 +75,7 @@ async def scenario(tmp_path: Path) -> CPServer:
         # failover: the rest is re-delivered to host-b and answered there
         await a.close()
         await b.wait(lambda m: m["t"] == "active_lost")
-        b.send({"t": "switchover", "reason": "test", "planned": False})
+        b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
         await b.wait(lambda m: m["t"] == "switch_granted")
         for m in await b.wait_count(lambda m: m["t"] == "deliver", 5):
             b.send({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": "r", "epoch": b.epoch})

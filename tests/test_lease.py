@@ -103,12 +103,12 @@ async def test_cp_does_not_grant_early_after_closing_the_actives_link_itself(cp:
         a.send({"t": "open", "terminal": "T00001", "kind": "bogus"})  # the CP closes a's link
         await asyncio.sleep(0)
         await a.wait(lambda m: m["t"] == "error")
-        b.send({"t": "switchover", "reason": "test", "planned": False})
+        b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
         first = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
         assert first["t"] == "switch_refused" and "lease" in first["reason"], first
         lost = await b.wait(lambda m: m["t"] == "active_lost", timeout=5)  # after host_timeout of silence
         assert lost["why"] == "silent"
-        b.send({"t": "switchover", "reason": "test", "planned": False})
+        b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
         granted = await b.wait(lambda m: m["t"] == "switch_granted", timeout=5)
         assert granted["lease"] == 0.35
     finally:

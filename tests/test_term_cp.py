@@ -100,7 +100,7 @@ async def test_a_cp_flip_mid_run_loses_nothing(cp: Proc) -> None:
         owed = st["counters"].get("delivered", 0) - st["counters"].get("replies", 0)
         assert st["counters"].get("redelivered", 0) == 0
         await until_status(cp, lambda s: s["held_messages"] >= owed + 5, "messages held, never delivered")
-        b.send({"t": "switchover", "reason": "test", "planned": False})
+        b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
         granted = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
         assert granted["t"] == "switch_granted", granted
         # the new active is given what was owed and held, then fresh messages: then the load ends

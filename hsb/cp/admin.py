@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 class CPAdminProtocol(AuthServerProtocol):
     link = "admin"
-    authenticated_level = "debug"  # (asked every few seconds by monitoring)
+    quiet_authenticated = True  # link_authenticated at debug: asked every few seconds by monitoring
     dispatch = {"status": "on_status", "sessions": "on_sessions", "pause": "on_pause", "resume": "on_resume", "history": "on_history"}
     read_under_write_pressure = False  # a client pipelining requests without reading the answers is not read
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 class HostAdminProtocol(AuthServerProtocol):
     link = "admin"
-    authenticated_level = "debug"  # (asked every few seconds by monitoring)
+    quiet_authenticated = True  # link_authenticated at debug: asked every few seconds by monitoring
     dispatch = {"status": "on_status", "promote": "on_promote", "switchover": "on_switchover", "stop": "on_stop"}
     read_under_write_pressure = False  # a client pipelining requests without reading the answers is not read
 

@@ -28,7 +28,7 @@ class AuthServerProtocol(FramedProtocol):
     tls_first = True  # host, peer and admin links: their handshakes go ahead of the terminals'
     # the level of `link_authenticated`: hsbctl's admin links say it at debug, as monitoring may
     # ask every few seconds (each daemon then logged ~2.8 MB a day of nothing else in a quiet pair)
-    authenticated_level = "info"
+    quiet_authenticated = False  # (True: said at debug)
 
     def __init__(self, *, secret: bytes, auth_timeout: float, idle_timeout: float | None = None, **kw: Any) -> None:
         super().__init__(known_types={*self.dispatch, "auth"}, idle_timeout=auth_timeout, **kw)
@@ -115,7 +115,9 @@ class AuthServerProtocol(FramedProtocol):
         if isinstance(theirs_nonce, bytes) and len(theirs_nonce) == auth.NONCE_BYTES:  # the client checks us too
             proof["mac"] = auth.answer(self._secret, theirs_nonce, auth.server_role(link), self.server_name)
         self.send({"t": "auth_ok", "server": self.server_name, **proof, **self.auth_ok_extra()})
-        getattr(log, self.authenticated_level)("link_authenticated", link=self.link, peer=self.peer, name=self.name)  # (a refusal: a warning)
+        (log.debug if self.quiet_authenticated else log.info)(
+            "link_authenticated", link=self.link, peer=self.peer, name=self.name
+        )  # (a refusal: a warning)
         self.authenticated()
         self.release_held()  # what came behind the auth frame (a client waits for auth_ok, so normally nothing)
 

@@ -177,7 +177,7 @@ def switch(cp: Any, a: Any, b: Any, planned: bool) -> None:
         cp.host_handover(a, wait=False)
     else:
         a.connection_lost(None)
-        cp.host_switchover(b, "test", False, "failover")
+        cp.host_switchover(b, "test", False, "failover", peer_closed=True)
 
 
 async def flipped(cp: Any) -> None:

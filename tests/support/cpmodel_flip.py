@@ -219,7 +219,7 @@ class FlipModel(TerminalRules):
             new, self.seen[id(h)] = frames[self.seen[id(h)] :], len(frames)
             for m in new:
                 if m.get("t") == "active_lost" and h is cp.standby and not h.closed:
-                    h.data_received(encode({"t": "switchover", "reason": "active_lost", "req": self.starts}))
+                    h.data_received(encode({"t": "switchover", "reason": "active_lost", "req": self.starts, "peer_closed": True}))
 
     def _follow(self) -> None:
         """The standby, reading the ring: a standby session for every session at the active."""

@@ -43,7 +43,7 @@ async def fail_over(a: FakeHost, b: FakeHost) -> dict[str, Any]:
     await a.close()
     await b.wait(lambda m: m["t"] == "active_lost")
     mark = len(b.inbox)
-    b.send({"t": "switchover", "reason": "test", "planned": False})
+    b.send({"t": "switchover", "reason": "test", "planned": False, "peer_closed": True})
     g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"), start=mark)
     assert g["t"] == "switch_granted", g
     return g
