@@ -398,3 +398,16 @@ async def test_a_closed_active_link_alone_waits_out_its_lease_and_a_closed_peer_
         await asyncio.sleep(0.01)
     assert cp2.active is b2, "the deferred request was never granted"
     assert time.monotonic() >= a2.last_rx + cp2.host_lease + LEASE_MARGIN - 0.005  # (not before the lease surely ran out)
+
+
+async def test_a_released_active_whose_link_closed_is_granted_away_at_once_to_a_planned_request(tmp_path: Path) -> None:
+    """A planned switchover: the active released the role (nothing more is delivered to it), then
+    its link closed. The standby's planned request is granted at once, as for a released active
+    whose link is still open: no lease of a role given up is waited out."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", record=True)
+    cp.host_release(a)
+    a.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    cp.host_switchover(b, "planned", True, "failover")
+    assert cp.active is b and cp.deferred_grant is None and _said(b, "switch_granted")

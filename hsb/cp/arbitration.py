@@ -97,7 +97,7 @@ class Arbitration:
             why = "promote after normal stop" if self.active_stopped_normally else "no active host"
         elif a.closed and not a.closed_here:
             left = a.last_rx + self.host_lease + LEASE_MARGIN - time.monotonic()
-            if not peer_closed and left > 0:
+            if not peer_closed and left > 0 and not (planned and a.released):  # (a release gives the role up: as below)
                 self.deferred_ask = (host.name, reason, planned, kind, req)
                 if self.deferred_grant is None:
                     log.info(
