@@ -411,3 +411,52 @@ async def test_a_released_active_whose_link_closed_is_granted_away_at_once_to_a_
     a.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
     cp.host_switchover(b, "planned", True, "failover")
     assert cp.active is b and cp.deferred_grant is None and _said(b, "switch_granted")
+
+
+async def test_a_host_registering_as_the_active_while_the_old_lease_may_run_is_refused(tmp_path: Path) -> None:
+    """Found by review (session 67): a reset of the active's link by something in between left
+    the role free to a host registering as the active (hsbd@active started again on the other
+    machine, a rolling upgrade), past the lease the old active may still serve on. It is refused
+    (`active_exists`: it rejoins as the standby and asks as one) until that lease has surely run
+    out, and then takes the role."""
+    import asyncio
+    import time
+
+    from hsb.cp.config import LEASE_MARGIN
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    a.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    b = fake_host(cp, "host-b", "active", record=True)
+    [refusal] = [m for m in b.transport.frames() if m["t"] == "error"]
+    assert refusal["code"] == "active_exists" and cp.active is a, refusal
+    while time.monotonic() < a.last_rx + cp.host_lease + LEASE_MARGIN:
+        await asyncio.sleep(0.02)
+    c = fake_host(cp, "host-b", "active", record=True)
+    assert cp.active is c and not [m for m in c.transport.frames() if m["t"] == "error"]
+
+
+async def test_a_standbys_peer_closed_refused_before_the_cp_saw_the_close_still_counts_soon_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review (session 67): the standby heard its peer link close first and asked with
+    `peer_closed`, refused (the active's host link still open here: the CP hears of its close
+    later, its loop busy or the close queued behind replies); its request after the CP's notice,
+    more than a second later, no longer says it. The refused word counts for PEER_CLAIM_S: the
+    grant is at once, not after the lease; past that it no longer counts."""
+    from hsb.cp import arbitration
+
+    for late, at_once in ((False, True), (True, False)):
+        d = tmp_path / str(late)
+        d.mkdir()
+        cp = cp_core(d, 2)
+        a = fake_host(cp, "host-a", "active")
+        b = fake_host(cp, "host-b", "standby", record=True)
+        cp.host_switchover(b, "peer link lost: eof", False, "failover", peer_closed=True)
+        assert _said(b, "switch_refused") and cp.active is a
+        if late:
+            monkeypatch.setattr(arbitration, "PEER_CLAIM_S", 0.0)
+        a.connection_lost(None)
+        cp.host_switchover(b, "active lost (eof, told by the cp)", False, "failover")
+        assert (cp.active is b) == at_once and (cp.deferred_grant is None) == at_once, late
+        cp.cancel_deferred_grant()

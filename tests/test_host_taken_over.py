@@ -201,3 +201,30 @@ async def test_a_registration_telling_a_lease_above_the_heartbeat_timeout_is_sai
         await until(lambda: a.cp.connects > links and a.is_serving_active(), "host-a registered again, the active")
         [said] = rec.events("heartbeat_timeout_below_lease")
         assert said["lease"] == core.host_lease and said["heartbeat_timeout"] == core.host_lease / 2, said
+
+
+async def test_a_standby_whose_request_is_out_in_another_state_sends_it_again_when_its_peer_link_closes(tmp_path: Path) -> None:
+    """Found by review (session 67): the standby heard of the active's loss from the CP first, in
+    a state whose peer-link loss asks nothing by itself (waiting for the active, the active
+    stopped): its request, without `peer_closed`, waited out the lease at the CP. A request out is
+    sent again with it when the peer link closes, and the grant is at once."""
+    from hsb.host.states import WAITING
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None and core.active is not None
+        link = core.active
+        inbound = b.peer.inbound
+        assert link.transport is not None and inbound is not None and inbound.transport is not None
+        link.transport.pause_reading()
+        inbound.transport.pause_reading()
+        try:
+            b.ha.state = WAITING  # (as a standby that follows no active yet would be)
+            link.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+            await until(lambda: core.deferred_grant is not None, "the standby's request deferred: its peer link still up")
+            t0 = time.monotonic()
+            inbound.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+            await until(lambda: core.active is not link, "granted")
+            assert time.monotonic() - t0 < core.host_lease / 3, time.monotonic() - t0
+        finally:
+            link.transport.abort()

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from hsb.cp.state import Held, Term
 
 STALL_RECHECK_S = 0.05  # a request met just after a stall of this process: judged again this much later
+# a standby's `peer_closed` refused because the active's host link was still open here counts for
+# the host link's close within this long (the CP may hear of it later than the standby, its loop
+# busy or the close queued behind replies, and the standby's next request no longer says it)
+PEER_CLAIM_S = 2.0
 
 log = structlog.get_logger("hsb.cp")
 
@@ -52,6 +56,7 @@ class Arbitration:
     deferred_grant: asyncio.TimerHandle | None
     deferred_registrations: dict[str, asyncio.TimerHandle]
     deferred_ask: tuple[str, str, bool, str, int | None] | None
+    peer_closed_claim: tuple[str, float] | None
     _last_tick: float | None
     _tick_skipped: bool
 
@@ -91,12 +96,14 @@ class Arbitration:
         # something in between (a firewall that lost its state) that the host, alive, never saw:
         # its lease then runs on. So granted at once only when the standby's peer link from it
         # was closed too (two links closed at once: its process is gone), else once the lease it
-        # may still hold has surely run out: never two actives, whatever resets the link
+        # may still hold has surely run out: a reset of one link never makes two actives
         # (found by the slow-links walk-through: both hosts answered /active for 143 ms)
         if a is None:
             why = "promote after normal stop" if self.active_stopped_normally else "no active host"
         elif a.closed and not a.closed_here:
             left = a.last_rx + self.host_lease + LEASE_MARGIN - time.monotonic()
+            claim = self.peer_closed_claim
+            peer_closed = peer_closed or (claim is not None and claim[0] == host.name and time.monotonic() - claim[1] < PEER_CLAIM_S)
             if not peer_closed and left > 0 and not (planned and a.released):  # (a release gives the role up: as below)
                 self.deferred_ask = (host.name, reason, planned, kind, req)
                 if self.deferred_grant is None:
@@ -126,6 +133,8 @@ class Arbitration:
             why = "planned switchover released by the active"
         else:
             age_ms = (time.monotonic() - a.last_rx) * 1000
+            if peer_closed:  # (kept for the host link's close, if it comes soon: PEER_CLAIM_S)
+                self.peer_closed_claim = (host.name, time.monotonic())
             what = "its link was closed by the CP" if a.closed else "it is alive on its host link"
             host.send({"t": "switch_refused", "reason": f"active host {a.name}: {what} (heard {age_ms:.0f} ms ago; its lease may still run)"})
             log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)

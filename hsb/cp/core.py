@@ -126,6 +126,9 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         self.recovered_lease: tuple[float, float] = (0.0, 0.0)
         self.deferred_grant: asyncio.TimerHandle | None = None  # a switchover asked too early after a restart
         self.deferred_ask: tuple[str, str, bool, str, int | None] | None = None  # its (host, reason, planned, kind, req): the latest asked
+        # a standby's word that its peer link from the active closed, refused while the active's
+        # host link was still open here: (standby, when); hsb.cp.arbitration
+        self.peer_closed_claim: tuple[str, float] | None = None
         self.started = time.time()
         # reply frames taken from each host (acted on, or found already answered): a fenced host has none
         self.replies_by_host: Counter[str] = Counter()
@@ -228,11 +231,14 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
                     active=self.active.name,  # (a host started as active rejoins as its standby: hsb.host.rejoin)
                 )
                 return
-            if cur is not None and cur.closed and cur.name != host.name and self.announced and (cur.closed_here or self.paused):
+            lease_may_run = cur is not None and time.monotonic() < cur.last_rx + self.host_lease + LEASE_MARGIN
+            if cur is not None and cur.closed and cur.name != host.name and self.announced and (cur.closed_here or self.paused or lease_may_run):
                 # the active's link is down and no failover has happened yet, and either the CP
-                # closed that link (its host may still be serving on its lease) or the operator
-                # paused failover: another host arriving as active took the role at once, past
-                # both. (A link its host closed, unpaused: the role is free, as for a standby.)
+                # closed that link or the lease its host may hold still runs (a reset by something
+                # in between: the host may still be serving on it; hsb.cp.arbitration), or the
+                # operator paused failover: another host arriving as active took the role at once,
+                # past all three. (A link its host closed, its lease surely run out, unpaused: the
+                # role is free, as for a standby; found by review, session 67)
                 log.warning("registration_refused", host=host.name, role=role, active=cur.name, epoch=self.epoch, reason="active link down")
                 host.close_with_error(
                     "active_exists",
@@ -358,6 +364,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         if host.adopt_gap:  # given the role back by a grant it had lost (hsb.cp.adopt)
             self.adopt_gap_taken(host)
         self.cancel_deferred_grant(host)  # (someone holds the role now: a deferred request is moot)
+        self.peer_closed_claim = None
         self.not_back = None
         self.granting = self.demoting = None  # (a grant sets them again)
         self.loss = None

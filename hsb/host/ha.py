@@ -116,6 +116,7 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.next_poll = 0.0
         self.switch_requested_at: float | None = None
         self.switch_peer_closed = False
+        self.switch_kind = "failover"  # (the last request's)
         self.told_timeout_below: tuple[float, float] | None = None
         self.active_stopped_by: str | None = None
         self.active_stop_confirmed = False  # the CP knows of that normal stop (its word, or the peer's)
@@ -400,6 +401,10 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
             return
         if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, BATCH_RETRY):
             await self.request_switchover(f"peer link lost: {why}")
+        elif self.switch_requested_at is not None and self.srv.peer.closed_by_peer():
+            # a request is out (the CP told of the active's loss first, in another state): sent
+            # again saying the peer link closed too, so that the CP need not wait out the lease
+            await self.request_switchover(f"peer link lost: {why}", kind=self.switch_kind)
 
     def standby_may_return(self) -> bool:
         """An active serving without its standby because the peer link dropped less than

@@ -42,6 +42,7 @@ class SwitchSide:
     takeover: dict[str, Any] | None
     switch_requested_at: float | None
     switch_peer_closed: bool  # (the last request said the peer link closed by its end)
+    switch_kind: str
     takeover_t0: float  # when the takeover recorded in `takeover` was asked for (monotonic)
     switch_sent: dict[int, float]
     switch_req_n: int
@@ -111,6 +112,7 @@ class SwitchSide:
         ):
             return
         self.switch_peer_closed = peer_closed
+        self.switch_kind = kind
         self.switch_requested_at = time.monotonic()
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         self.takeover_t0 = time.monotonic()  # (the duration: a step of the wall clock moves nothing)

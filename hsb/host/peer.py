@@ -275,7 +275,9 @@ class PeerLink:
                 if code == "wrong_peer":  # that host has another peer: our host.peer names the wrong one
                     not_peer.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
                 elif foreign is not None:  # no answer, or not hsb's: most likely the wrong port
-                    (no_challenge if answered_before and isinstance(exc, TimeoutError) else wrong_port).seen(*foreign)
+                    (no_challenge if answered_before and isinstance(exc, TimeoutError) and fs is not None and not fs.challenged else wrong_port).seen(
+                        *foreign
+                    )
                     refused = isinstance(exc, (NoChallenge, ProtocolError))
                 elif code == "tls_name_mismatch":  # the peer's certificate names another host, or the peer says so of ours
                     tls_refusals.seen(f"tls: {exc}")

@@ -151,7 +151,8 @@ def not_hsb(
             return (
                 f"no challenge within {timeout:g} s of the connect (an hsb link sends it at once)",
                 f"tried again; {target} at {key} answered before, so the daemon there is overloaded or stuck (its log says"
-                " why), or the network to it stalls (ss -ti on both machines)",
+                " why), or the network to it stalls (ss -ti on both machines); or it was restarted speaking TLS and this host"
+                " has no [tls] (give it the same [tls])",
             )
         return (
             f"no challenge within {timeout:g} s of the connect (an hsb link sends it at once)",

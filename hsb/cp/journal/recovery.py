@@ -405,7 +405,7 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         r.acks_waiting = None  # (a host registered: every ack that waited went)
     elif kind == "se":
         pass
-    elif isinstance(kind, str):
+    elif isinstance(kind, str) and isinstance(rec, list):  # (a payload that is no list is no record at all: damage)
         raise NotKnown(f"a record of kind {kind!r}")
     else:
         raise ValueError(f"unknown record kind {kind!r}")
