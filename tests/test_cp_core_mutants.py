@@ -203,7 +203,9 @@ async def test_the_old_active_back_during_a_planned_grant_is_told_it_handed_over
 async def test_the_old_active_of_a_planned_switchover_takes_the_role_again_once_its_successor_is_gone(tmp_path: Path) -> None:
     """After a planned switchover from A to B, B's link is lost (its host closed it) before any
     standby came: the same A process registering as the active again is not told it handed
-    over (the role is free): it becomes the active at a new epoch."""
+    over. While the lease B may hold still runs it is refused as another active (a reset of B's
+    link by something in between leaves B serving on it); then the role is free: it becomes the
+    active at a new epoch."""
     from tests.support.cpcore import switch
 
     cp = cp_core(tmp_path, 2)
@@ -213,6 +215,9 @@ async def test_the_old_active_of_a_planned_switchover_takes_the_role_again_once_
     assert cp.active is b and cp.handed_over_by == ("host-a", "ia", 2)
     a.connection_lost(None)
     b.connection_lost(None)
+    early = _host(cp, "host-a", "ia", "active")
+    assert [m["code"] for m in _said(early, "error")] == ["active_exists"] and cp.active is b
+    b.last_rx -= cp.host_lease + 1  # (later: B's lease surely ran out)
     a2 = _host(cp, "host-a", "ia", "active")
     assert not _said(a2, "error") and cp.active is a2 and cp.epoch == 3
     assert [m["epoch"] for m in _said(a2, "registered")] == [3]

@@ -180,6 +180,7 @@ async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_deliv
     assert cp.flipping is None
     held = cp.terms[last].held[1]
     assert held.delivered_epoch == 0, "marked delivered to a host whose link was gone"
+    b.last_rx -= cp.host_lease + 1  # (later: the lease host-b may have held ran out, and the role is free)
     c = fake_host(cp, "C", "active", record=True)
     cp.host_open(c, last, "active", ATTRS)
     c.flush()
@@ -203,6 +204,7 @@ async def test_a_flip_settled_into_a_new_active_already_gone_hands_no_logoff_to_
     assert cp.flipping is None
     assert term.held[1].delivered_epoch == 0, "marked delivered to a host whose link was gone"
     assert cp.counters.get("delivered", 0) == delivered
+    b.last_rx -= cp.host_lease + 1  # (later: the lease host-b may have held ran out, and the role is free)
     c = fake_host(cp, "C", "active", record=True)
     c.flush()
     dl = [(it[1], it[3]) for m in c.transport.frames() if m.get("t") == "deliver_batch" for it in m["items"]]

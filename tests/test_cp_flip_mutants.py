@@ -166,6 +166,7 @@ async def test_an_undone_switchovers_flip_settled_into_a_lost_active_marks_nothi
     a.connection_lost(None)  # and host-a is lost before the flip reaches the holder
     assert cp.flipping is None
     assert holder.held[1].delivered_epoch == 0, "marked delivered to a host whose link was gone"
+    a.last_rx -= cp.host_lease + 1  # (later: the lease host-a may have held ran out, and the role is free)
     c = fake_host(cp, "host-c", "active", record=True)
     held.release()  # (its epoch's record: the journal still holds "e" records back)
     cp.host_open(c, holder.name, "active", ATTRS)
