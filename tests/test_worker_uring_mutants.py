@@ -474,8 +474,10 @@ async def test_a_call_out_without_spin_is_nudged_on_the_timer_only() -> None:
 
 async def test_a_call_that_wants_the_spin_spins_beside_one_that_does_not() -> None:
     """A call without spin out, then one that wants it behind it: the loop spins again (every
-    turn) for the rest of the first call's `spin_s`: a hurried caller is not slowed by a lazy one."""
-    w = Worker("test-worker", spin_s=0.5)
+    turn) for the rest of the first call's `spin_s`: a hurried caller is not slowed by a lazy one.
+    (`spin_s` long enough that 300 turns of a loaded machine's loop stay within it: at 0.5 s the
+    spin ended part way in a full suite on two busy cores, 98 nudges for 300 turns)"""
+    w = Worker("test-worker", spin_s=5.0)
     gate, started, job = gated()
     turns = Turns(w)
     try:
