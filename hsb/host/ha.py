@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.fsutil import bulk_seconds
-from hsb.host.ha_cp import CPSide
+from hsb.host.ha_cp import TAKEOVER_REFUSED, CPSide
 from hsb.host.ha_lease import LeaseSide
 from hsb.host.ha_standby import HotStandbySide, batch_complete_wait
 from hsb.host.ha_switch import SwitchSide
@@ -439,6 +439,8 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
                 await self.peer_active_startup({"instance": inst, "name": msg.get("name")})
             elif self.state == ESTABLISHED:
                 log.info("peer_link_restored", peer=msg.get("name"))
+                if self.last_error is not None and self.last_error.startswith(TAKEOVER_REFUSED):
+                    self.last_error = None  # (the active it asked to replace is back on the peer link: history)
                 self.srv.peer.send({"t": "standby_ready", "startup_id": self.own_startup_id, "instance": self.instance})
         elif self.role == "active" and prole == "standby":
             if msg.get("partner") == self.instance and msg.get("state") == ESTABLISHED and msg.get("startup_id") == self.partner_startup_id:

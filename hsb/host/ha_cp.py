@@ -25,6 +25,7 @@ log = structlog.get_logger("hsb.host")
 
 # the status's last error while a link cannot be made (ev_link_problem): what begins it, by link
 LINK_PROBLEM = {"cp": "host link to the CP not made: ", "peer": "peer link not made: "}
+TAKEOVER_REFUSED = "takeover refused by the CP: "  # (the last error's start: cleared once the active is back)
 
 
 class CPSide:
@@ -244,7 +245,7 @@ class CPSide:
             self.switch_refusals += 1
             log.warning("switchover_refused", reason=msg.get("reason"))
             # (its request for the active role: a promote, or a takeover after the active's loss)
-            self.last_error = f"takeover refused by the CP: {msg.get('reason')}"
+            self.last_error = f"{TAKEOVER_REFUSED}{msg.get('reason')}"
 
     def _announce_active(self: HA) -> None:
         """The CP granted the active role this process started in, at its registration: the

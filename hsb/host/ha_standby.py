@@ -265,6 +265,8 @@ class HotStandbySide:
             return
         self.last_error = None
         self.file_mismatch = None
+        if self.state == ESTABLISHED and self.established_since is not None:
+            return  # (said already: the standby's hello came first when the peer link was restored)
         self.set_state(ESTABLISHED, "standby ready")
         self.established_since = time.time()
         log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.partner_startup_id)
