@@ -33,7 +33,6 @@ def rec(monkeypatch: pytest.MonkeyPatch) -> RecordingLog:
     """limits' log recorded, and its count of refusals fresh (nothing said yet)."""
     r = RecordingLog()
     monkeypatch.setattr(limits, "log", r)
-    monkeypatch.setattr(limits.REFUSALS, "count", 0)
     monkeypatch.setattr(limits.REFUSALS, "said_at", -limits.REFUSED_LOG_S)
     monkeypatch.setattr(limits.REFUSALS, "links", {})
     monkeypatch.setattr(limits.TIERS, "on", False)  # (as in hsbd; a CPServer made in this process turns it on)

@@ -245,34 +245,23 @@ async def test_tries_the_cp_refused_end_the_time_away(monkeypatch: pytest.Monkey
     assert not rec.events("cp_unreachable"), rec.events("cp_unreachable")
 
 
-@pytest.mark.parametrize("before", [False, True])
-async def test_no_challenge_where_the_cp_answered_before_is_no_wrong_port(monkeypatch: pytest.MonkeyPatch, before: bool) -> None:
-    """Found by the slow-links walk-through: a link made again through a stalling network got no
-    challenge within 2 s, and hsbd said `cp_link_wrong_port`, "most likely host.cp points at a
-    port that is no hsb link", of the address its link had worked at for minutes. Where a link
-    was authenticated before, it says `cp_link_no_challenge`: the daemon or the network there."""
-    from hsb.ops import refusals as refusals_mod
-    from hsb.wire.client import FrameStream
-    from tests.support.logrec import RecordingLog
+class _Silent(FakeStream):
+    """Connected; no answer to the authentication in time (`challenged`: after the challenge)."""
 
-    rec = RecordingLog()
-    monkeypatch.setattr(refusals_mod, "log", rec)
+    challenged = False
+
+    async def authenticate(self, *_: Any, **__: Any) -> str:
+        raise TimeoutError
+
+
+async def _links_over(monkeypatch: pytest.MonkeyPatch, streams: list[FakeStream]) -> None:
+    """The CP link's loop over these connections in turn, then stopped: what refusals said."""
     link: CPLink
-    tries = 0
+    left = iter(streams)
 
-    class Silent(FakeStream):
-        challenged = False
-
-        async def authenticate(self, *_: Any, **__: Any) -> str:
-            raise TimeoutError
-
-    async def connect(*a: Any, **k: Any) -> FrameStream | FakeStream:
-        nonlocal tries
-        tries += 1
-        if tries == 1 and before:
-            return FakeStream([])  # authenticated: the link comes up, then ends (eof)
-        if tries <= 2:
-            return Silent([])  # connected, no challenge
+    async def connect(*a: Any, **k: Any) -> FakeStream:
+        for fs in left:
+            return fs
         link.stopped = True
         raise OSError("stop here")
 
@@ -283,10 +272,41 @@ async def test_no_challenge_where_the_cp_answered_before_is_no_wrong_port(monkey
         on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None,
     )  # fmt: skip
     await asyncio.wait_for(link._run(), 10)
+
+
+@pytest.mark.parametrize("before", [False, True])
+async def test_no_challenge_where_the_cp_answered_before_is_no_wrong_port(monkeypatch: pytest.MonkeyPatch, before: bool) -> None:
+    """Found by the slow-links walk-through: a link made again through a stalling network got no
+    challenge within 2 s, and hsbd said `cp_link_wrong_port`, "most likely host.cp points at a
+    port that is no hsb link", of the address its link had worked at for minutes. Where a link
+    was authenticated before, it says `cp_link_no_challenge`: the daemon or the network there."""
+    from hsb.ops import refusals as refusals_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(refusals_mod, "log", rec)
+    # (authenticated first: the link comes up, then ends; then connected, no challenge)
+    await _links_over(monkeypatch, [FakeStream([]), _Silent([])] if before else [_Silent([]), _Silent([])])
     said = rec.events("cp_link_no_challenge" if before else "cp_link_wrong_port")
     assert len(said) == 1 and said[0]["reason"].startswith("no challenge within 2 s"), rec.entries
     assert not rec.events("cp_link_wrong_port" if before else "cp_link_no_challenge"), rec.entries
     assert ("answered before" in said[0]["msg"]) == before and ("no hsb link" in said[0]["msg"]) != before, said
+
+
+async def test_no_answer_after_the_challenge_where_the_cp_answered_before_is_not_said_as_no_challenge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review (session 67): a timeout after the challenge did come is not `cp_link_no_challenge`
+    (that line names the challenge that did not come); it keeps its own wording."""
+    from hsb.ops import refusals as refusals_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(refusals_mod, "log", rec)
+    challenged = _Silent([])
+    challenged.challenged = True
+    await _links_over(monkeypatch, [FakeStream([]), challenged])
+    assert not rec.events("cp_link_no_challenge"), rec.entries
+    [said] = rec.events("cp_link_wrong_port")
+    assert "the challenge came" in said["reason"], said
 
 
 def test_a_heartbeat_timeout_below_the_cps_lease_is_said_once_per_lease(monkeypatch: pytest.MonkeyPatch) -> None:

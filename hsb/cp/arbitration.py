@@ -101,7 +101,7 @@ class Arbitration:
         if a is None:
             why = "promote after normal stop" if self.active_stopped_normally else "no active host"
         elif a.closed and not a.closed_here:
-            left = a.last_rx + self.host_lease + LEASE_MARGIN - time.monotonic()
+            left = self.lease_left(a)
             claim = self.peer_closed_claim
             peer_closed = peer_closed or (claim is not None and claim[0] == host.name and time.monotonic() - claim[1] < PEER_CLAIM_S)
             if not peer_closed and left > 0 and not (planned and a.released):  # (a release gives the role up: as below)
@@ -154,6 +154,11 @@ class Arbitration:
         if ra is None or ra == host.name or self.recovered_at is None:
             return 0.0
         return self.recovered_at + self.restart_lease_s - time.monotonic()
+
+    def lease_left(self: CP, h: HostProtocol) -> float:
+        """Seconds until the lease host `h` may hold has surely run out: it is renewed only from
+        heartbeats this CP answered, none sent after the last frame heard from it."""
+        return h.last_rx + self.host_lease + LEASE_MARGIN - time.monotonic()
 
     def stop_lease_left(self: CP) -> float:
         """Seconds until the lease of an active that stopped normally has surely run out (it drains

@@ -231,8 +231,13 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
                     active=self.active.name,  # (a host started as active rejoins as its standby: hsb.host.rejoin)
                 )
                 return
-            lease_may_run = cur is not None and time.monotonic() < cur.last_rx + self.host_lease + LEASE_MARGIN
-            if cur is not None and cur.closed and cur.name != host.name and self.announced and (cur.closed_here or self.paused or lease_may_run):
+            if (
+                cur is not None
+                and cur.closed
+                and cur.name != host.name
+                and self.announced
+                and (cur.closed_here or self.paused or self.lease_left(cur) > 0)
+            ):
                 # the active's link is down and no failover has happened yet, and either the CP
                 # closed that link or the lease its host may hold still runs (a reset by something
                 # in between: the host may still be serving on it; hsb.cp.arbitration), or the

@@ -22,7 +22,7 @@ from hsb.backoff import Backoff
 from hsb.config import parse_addr
 from hsb.host.cpgen import GenerationFile
 from hsb.host.lease import Lease
-from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_refused_hint
+from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, silent_where_answered, tls_refused_hint
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import ProtocolError, encode
 
@@ -275,9 +275,7 @@ class CPLink:
                 foreign = not_hsb(exc, fs, AUTH_TIMEOUT_S, "host.cp", "the CP's host_listen", answered_before)
                 refused = isinstance(exc, LinkClosed) and exc.error is not None
                 if foreign is not None:  # no answer, or not hsb's: most likely the wrong port
-                    (no_challenge if answered_before and isinstance(exc, TimeoutError) and fs is not None and not fs.challenged else wrong_port).seen(
-                        *foreign
-                    )
+                    (no_challenge if silent_where_answered(exc, fs, answered_before) else wrong_port).seen(*foreign)
                     refused = refused or isinstance(exc, ProtocolError)
                 elif refused:  # a wrong secret or version, another link's port: said once (then once a minute), tried slowly
                     away.answered()

@@ -28,7 +28,7 @@ from hsb.backoff import Backoff
 from hsb.config import parse_addr
 from hsb.host.states import STOPPING
 from hsb.ops.listen import listening
-from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_refused_hint
+from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, silent_where_answered, tls_refused_hint
 from hsb.waits import event_within
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.client import FrameStream, LinkClosed, NoChallenge
@@ -275,9 +275,7 @@ class PeerLink:
                 if code == "wrong_peer":  # that host has another peer: our host.peer names the wrong one
                     not_peer.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
                 elif foreign is not None:  # no answer, or not hsb's: most likely the wrong port
-                    (no_challenge if answered_before and isinstance(exc, TimeoutError) and fs is not None and not fs.challenged else wrong_port).seen(
-                        *foreign
-                    )
+                    (no_challenge if silent_where_answered(exc, fs, answered_before) else wrong_port).seen(*foreign)
                     refused = isinstance(exc, (NoChallenge, ProtocolError))
                 elif code == "tls_name_mismatch":  # the peer's certificate names another host, or the peer says so of ours
                     tls_refusals.seen(f"tls: {exc}")

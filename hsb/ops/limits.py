@@ -122,11 +122,15 @@ REFUSED_LOG_S = 10.0  # one line at most this often while connections are refuse
 class _Refusals:
     """Connections refused for want of descriptors, and when that was last said."""
 
-    count = 0  # since the last line
     said_at = -REFUSED_LOG_S
 
     def __init__(self) -> None:
         self.links: dict[str, int] = {}  # since the last line, by link: the line names every one
+
+    @property
+    def count(self) -> int:
+        """Refused since the last line, all links."""
+        return sum(self.links.values())
 
 
 REFUSALS = _Refusals()
@@ -185,7 +189,6 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
     soft = nofile_soft() if soft is None else soft
     if soft < 0 or fd < soft - reserve(soft, link):
         return True
-    REFUSALS.count += 1
     REFUSALS.links[link] = REFUSALS.links.get(link, 0) + 1
     now = time.monotonic()
     if now - REFUSALS.said_at >= REFUSED_LOG_S:
@@ -210,6 +213,5 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
                 " names it), or too low a limit (systemd: LimitNOFILE; a shell: ulimit -n)"
             ),
         )
-        REFUSALS.count = 0
         REFUSALS.links.clear()
     return False

@@ -122,6 +122,12 @@ def refusal_hint(error: Mapping[str, Any], key: str, link: str, target: str) -> 
     return DEFAULT_HINT
 
 
+def silent_where_answered(exc: BaseException, fs: FrameStream | None, answered_before: bool) -> bool:
+    """A connection made where an hsb link was authenticated before by this process, and no
+    challenge within the time: a stuck daemon or a stalling network there, not a wrong port."""
+    return answered_before and fs is not None and isinstance(exc, TimeoutError) and not fs.challenged
+
+
 def not_hsb(
     exc: BaseException, fs: FrameStream | None, timeout: float, key: str, target: str, answered_before: bool = False
 ) -> tuple[str, str] | None:
@@ -147,7 +153,7 @@ def not_hsb(
                 f"no answer to the authentication within {timeout:g} s (the challenge came)",
                 f"tried again; the daemon at {key} is overloaded or stuck (its log says why), or {key} is not {target}: {fix}",
             )
-        if answered_before:  # (found by the slow-links walk-through: a stall read as a wrong port)
+        if silent_where_answered(exc, fs, answered_before):  # (found by the slow-links walk-through: a stall read as a wrong port)
             return (
                 f"no challenge within {timeout:g} s of the connect (an hsb link sends it at once)",
                 f"tried again; {target} at {key} answered before, so the daemon there is overloaded or stuck (its log says"

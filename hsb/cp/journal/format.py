@@ -39,14 +39,18 @@ class JournalDamaged(Exception):
     """A record in the middle of a segment does not check out: never skipped silently."""
 
     def __init__(self, path: str, offset: int, why: str) -> None:
-        super().__init__(
+        super().__init__(self.line(path, offset, why))
+        self.path = path
+        self.offset = offset
+        self.why = why
+
+    @staticmethod
+    def line(path: str, offset: int, why: str) -> str:
+        return (
             f"CP journal damaged: {path} at offset {offset}: {why}; the start is stopped rather than"
             " skip it (to start empty: `hsbcpd --config FILE --set-journal-aside` moves the records aside, kept for"
             " inspection, and keeps the generation the hosts know)"
         )
-        self.path = path
-        self.offset = offset
-        self.why = why
 
 
 # The record kinds and fields this hsbcpd writes and reads. Each checkpoint says it ("format"), so
@@ -61,18 +65,15 @@ class JournalNewer(JournalDamaged):
     this one does not know. Not damage, and never set aside as damage: what they hold is owed.
     Stops the start all the same (a JournalDamaged to every caller)."""
 
-    def __init__(self, path: str, offset: int, why: str) -> None:
+    @staticmethod
+    def line(path: str, offset: int, why: str) -> str:
         from hsb import __version__
 
-        Exception.__init__(
-            self,
+        return (
             f"CP journal written by a newer hsbcpd: {path} at offset {offset}: {why}, which this hsbcpd (hsb {__version__})"
             " does not know; it cannot read the journal, and stops rather than skip what it holds: start the newer hsbcpd again"
-            " (to go back to this version, the newer one must settle the journal first: docs/operations.md §11, Upgrading)",
+            " (to go back to this version, the newer one must settle the journal first: docs/operations.md §11, Upgrading)"
         )
-        self.path = path
-        self.offset = offset
-        self.why = why
 
 
 LENGTH = struct.Struct(">I")
