@@ -60,25 +60,17 @@ class FakeStream:
         return [m for m in self.sent if not (isinstance(m, dict) and m.get("t") == "hb")]
 
 
+def _cp_link(**kw: Any) -> CPLink:
+    """host-a's CP link to 127.0.0.1:1, its callbacks doing nothing unless given in `kw`."""
+    return CPLink(
+        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20, lease=Lease(),
+        **{"on_up": lambda: None, "on_frame": lambda m: None, "on_down": lambda why: None, "on_answer": lambda n: None, **kw},
+    )  # fmt: skip
+
+
 async def _run_once(monkeypatch: pytest.MonkeyPatch, fs: FakeStream, on_frame: Any, downs: list[str], **kw: Any) -> CPLink:
     """One link over `fs`, then the link stops (the next connect fails and stops it)."""
-    link: CPLink
-
-    connects = iter([fs])
-
-    async def connect_once(*a: Any, **k: Any) -> FakeStream:
-        for s in connects:
-            return s
-        link.stopped = True
-        raise OSError("no second link here")
-
-    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect_once))
-    link = CPLink(
-        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
-        on_up=lambda: None, on_frame=lambda m: on_frame(link, m), on_down=downs.append, lease=Lease(), **{"on_answer": lambda n: None, **kw},
-    )  # fmt: skip
-    await asyncio.wait_for(link._run(), 10)
-    return link
+    return await _links_over(monkeypatch, [fs], on_frame, on_down=downs.append, **kw)
 
 
 async def test_frames_read_after_a_drop_are_not_taken_and_nothing_more_goes_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,11 +157,7 @@ async def test_a_cp_away_for_long_is_said_and_its_return_too(monkeypatch: pytest
 
     monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
     monkeypatch.setattr(cplink_mod, "CP_RETRY_CAP", 0.06)
-    link = CPLink(
-        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
-        on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None,
-        on_problem=problems.append,
-    )  # fmt: skip
+    link = _cp_link(on_problem=problems.append)
     await asyncio.wait_for(link._run(), 10)
     [said] = rec.events("cp_unreachable")  # (once: not again within UNREACHABLE_EVERY_S)
     assert said["level"] == "warning" and said["cp"] == "127.0.0.1:1" and said["tries"] >= 2, said
@@ -236,10 +224,7 @@ async def test_tries_the_cp_refused_end_the_time_away(monkeypatch: pytest.Monkey
         raise OSError("stop here")
 
     monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
-    link = CPLink(
-        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
-        on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None,
-    )  # fmt: skip
+    link = _cp_link()
     await asyncio.wait_for(link._run(), 10)
     assert tries == 8 and rec.events("cp_link_refused"), (tries, rec.entries)
     assert not rec.events("cp_unreachable"), rec.events("cp_unreachable")
@@ -254,8 +239,9 @@ class _Silent(FakeStream):
         raise TimeoutError
 
 
-async def _links_over(monkeypatch: pytest.MonkeyPatch, streams: list[FakeStream]) -> None:
-    """The CP link's loop over these connections in turn, then stopped: what refusals said."""
+async def _links_over(monkeypatch: pytest.MonkeyPatch, streams: list[FakeStream], on_frame: Any = None, **kw: Any) -> CPLink:
+    """The CP link's loop over these connections in turn, then stopped (the next connect fails):
+    `on_frame(link, frame)` for each frame taken."""
     link: CPLink
     left = iter(streams)
 
@@ -263,15 +249,13 @@ async def _links_over(monkeypatch: pytest.MonkeyPatch, streams: list[FakeStream]
         for fs in left:
             return fs
         link.stopped = True
-        raise OSError("stop here")
+        raise OSError("no further link here")
 
     monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
     monkeypatch.setattr(cplink_mod, "CP_RETRY_CAP", 0.01)
-    link = CPLink(
-        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
-        on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None,
-    )  # fmt: skip
+    link = _cp_link(**({} if on_frame is None else {"on_frame": lambda m: on_frame(link, m)}), **kw)
     await asyncio.wait_for(link._run(), 10)
+    return link
 
 
 @pytest.mark.parametrize("before", [False, True])
