@@ -83,8 +83,8 @@ class FakePeer:
     """The host at `host.peer`, scripted: connection n is answered as `plays[n]` (the last one
     for every connection after): "ok" (authenticates as `name`, then reads), "halfclose" (that,
     then a FIN while it reads on), "stall" (that, then reads nothing more), "error:CODE" (an
-    error frame in place of auth_ok, then waits for the EOF), or "garbage" (bytes that are no
-    frame, in place of the challenge)."""
+    error frame in place of auth_ok, then waits for the EOF), "garbage" (bytes that are no
+    frame, in place of the challenge), or "silent" (no challenge; reads until the EOF)."""
 
     def __init__(self, plays: list[str], name: str = "host-b") -> None:
         self.plays = plays
@@ -118,6 +118,9 @@ class FakePeer:
             if play == "garbage":
                 writer.write(b"SSH-2.0-OpenSSH_9.6\r\n" * 4)
                 await writer.drain()
+                await reader.read()
+                return
+            if play == "silent":
                 await reader.read()
                 return
             fs.send({"t": "challenge", "nonce": auth.new_nonce(), "server": self.name, "proto": LINK_PROTOCOL, "version": __version__})
@@ -342,6 +345,24 @@ async def test_a_port_that_never_sends_the_challenge_is_a_wrong_port_tried_again
         silent.close()
         for w in held:
             w.close()
+
+
+@pytest.mark.parametrize("before", [False, True])
+async def test_no_challenge_where_the_peer_answered_before_is_no_wrong_port(rec: RecordingLog, monkeypatch: pytest.MonkeyPatch, before: bool) -> None:
+    """The peer link's twin of the CP link's (the slow-links walk-through): once a link to that
+    address was authenticated in this process, a later connection that gets no challenge is
+    `peer_link_no_challenge` (the peer stuck or the network stalling), not a wrong port."""
+    monkeypatch.setattr(peer_mod, "AUTH_TIMEOUT_S", 0.2)
+    # (before: the first connection comes up and the peer half-closes it; the next is silent)
+    async with fake(["halfclose", "silent"] if before else ["silent"]) as f:
+        a = link("host-a", addr(), f.addr)
+        async with started(a):
+            said_as, not_as = ("peer_link_no_challenge", "peer_link_wrong_port") if before else ("peer_link_wrong_port", "peer_link_no_challenge")
+            await until(lambda: rec.events(said_as), f"{said_as} said")
+            assert "no challenge within" in rec.events(said_as)[0]["reason"], rec.events(said_as)
+            assert ("answered before" in rec.events(said_as)[0]["msg"]) == before, rec.events(said_as)
+            assert not rec.events(not_as), rec.entries
+            assert f.conns >= (2 if before else 1)
 
 
 class _Scripted(FrameStream):
