@@ -204,11 +204,11 @@ def _secret_path(cfg: BaseModel) -> str | None:
 
 def add_version_everywhere(group: click.Group, prog: str) -> None:
     """`--version` on the program and on every one of its commands (`hsbctl status --version`)."""
-    from hsb import LINK_PROTOCOL, __version__
+    from hsb import version_line
 
     def show(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         if value and not ctx.resilient_parsing:
-            click.echo(f"{prog}, version {__version__} (link protocol {LINK_PROTOCOL})")
+            click.echo(version_line(prog))
             ctx.exit(0)
 
     def walk(cmd: click.Command) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from hsb import __version__
+from hsb import JOURNAL_FORMAT, LINK_PROTOCOL, TAKEOVER_FORMAT, __version__
 from hsb.ctl import sandbox
 from tests.support.procs import log_events, until
 from tests.support.sandboxed import active_names, pid_of, status, wait_status
@@ -169,8 +169,12 @@ def test_the_units_are_rated_ok_or_medium_by_systemd_analyze(tmp_path: Path, uni
     ],
 )
 def test_every_command_answers_version(argv: tuple[str, ...]) -> None:
+    """Each names the version, the link protocol and the on-disk formats: what tells an operator
+    whether a rollback reads the files the newer build wrote."""
     r = run(*argv, "--version")
     assert r.returncode == 0 and __version__ in r.stdout, (argv, r.stdout, r.stderr)
+    formats = f"(link protocol {LINK_PROTOCOL}, takeover file format {TAKEOVER_FORMAT}, CP journal format {JOURNAL_FORMAT})"
+    assert r.stdout.strip().endswith(formats), (argv, r.stdout)
 
 
 # --------------------------------------------------------------------------- a live sandbox

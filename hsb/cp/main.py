@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from hsb import __version__, logs
+from hsb import __version__, logs, version_line
 from hsb.cli import EXIT_CANNOT_START, EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
 from hsb.cp.config import LISTEN_KEYS, CPConfig, CPSection
@@ -201,7 +201,7 @@ def _set_journal_aside(config_path: str, force: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="With --set-journal-aside: set aside a journal that is not damaged too (what it holds is lost).")
 @log_level_option
-@click.version_option(__version__, prog_name="hsbcpd")
+@click.version_option(__version__, prog_name="hsbcpd", message=version_line("%(prog)s"))
 def main(config_path: str, check_config: bool, supervise: bool, set_journal_aside: bool, force: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
     if set_journal_aside and (check_config or supervise):  # (it ran the set-aside, neither checking nor starting)

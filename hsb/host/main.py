@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from hsb import __version__, logs
+from hsb import __version__, logs, version_line
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, one_line, resolve_under
 from hsb.host.config import HostConfig, raw_size_keys, service_paths
@@ -255,7 +255,7 @@ def listen_addresses(cfg: HostConfig) -> list[str]:
     help="Check the config as the start would (schema, secret, takeover size, service), print every error, exit 0 or 78.",
 )
 @log_level_option
-@click.version_option(__version__, prog_name="hsbd")
+@click.version_option(__version__, prog_name="hsbd", message=version_line("%(prog)s"))
 def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool, log_level: str) -> None:
     """Run one host of the hot-standby pair (docs/design.md)."""
     looks = HostChecks(check_config)

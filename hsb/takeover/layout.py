@@ -11,10 +11,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from hsb import TAKEOVER_FORMAT
 from hsb.takeover.errors import RecordCountMismatch, RecordSizeMismatch, TakeoverFileTooSmall
 
 MAGIC = b"HSBT"
-VERSION = 1
+VERSION = TAKEOVER_FORMAT
 
 KIND_EMPTY = 0  # an all-zero record: never written
 KIND_HEADER = 1

@@ -30,6 +30,8 @@ from typing import Any
 
 import msgpack
 
+from hsb import JOURNAL_FORMAT as _JOURNAL_FORMAT
+
 MAGIC = b"\xb5\x1a"
 HEADER = struct.Struct(">2sII")  # magic, payload length, crc32(length || payload)
 MAX_RECORD = 256 * 1024 * 1024
@@ -56,8 +58,9 @@ class JournalDamaged(Exception):
 # The record kinds and fields this hsbcpd writes and reads. Each checkpoint says it ("format"), so
 # that a later hsbcpd that changes what a record means raises it, and this one refuses its journal
 # as a newer one's (JournalNewer) rather than misread it. A new record kind needs no new level:
-# one this hsbcpd does not know is refused the same way.
-JOURNAL_FORMAT = 1
+# one this hsbcpd does not know is refused the same way. (The level itself is kept in hsb/__init__.py,
+# beside the other formats that --version prints.)
+JOURNAL_FORMAT = _JOURNAL_FORMAT
 
 
 class JournalNewer(JournalDamaged):
