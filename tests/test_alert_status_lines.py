@@ -100,3 +100,18 @@ def test_daemon_restarting_counts_restarts_not_starts() -> None:
     m = re.search(r"- alert: HsbDaemonRestarting\n.*?summary: \"([^\"]+)\"", text, re.DOTALL)
     assert m and "changes(process_start_time_seconds" in text
     assert "started again {{ $value }} times" in m.group(1), m.group(1)
+
+
+def test_peer_link_down_quotes_the_status_of_a_pair_whose_peer_link_alone_is_down() -> None:
+    """HsbPeerLinkDown fires where only the peer link is down (the active serving without it, the
+    standby established and registered): hsbctl status then says SERVING, PEER LINK DOWN (exit
+    1), not SERVING WITHOUT A STANDBY, which HsbNoStandby quotes and which it does not fire for."""
+    active = _host("host-a", "active", state="serving", serving=True, established=False, peer_link={"up": False})
+    standby = _host("host-b", "standby", state="established", serving=False, established=True, registered_at_cp=True, peer_link={"up": False})
+    st = summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), [active, standby])
+    first = headline(st)[0]
+    assert st["exit_status"] == 1 and first.startswith("hsb: SERVING, PEER LINK DOWN ("), (st, first)
+    text = description("HsbPeerLinkDown")
+    assert "(hsbctl status: SERVING, PEER LINK DOWN)" in text and "a failure of the active is still taken over" in text, text
+    assert "SERVING WITHOUT A STANDBY" in description("HsbNoStandby")
+    assert "no switchover" in first and "a planned switchover is refused" in text, (first, text)

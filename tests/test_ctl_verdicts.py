@@ -255,6 +255,40 @@ def test_status_says_why_a_standby_that_says_established_is_not_ready(b_extra: d
     assert headline(st) == ["hsb: SERVING WITHOUT A STANDBY", f"  {said}"]
 
 
+@pytest.mark.parametrize(
+    ("a_extra", "b_extra", "cut"),
+    [
+        ({}, {}, True),
+        ({"peer_link": {"up": True}}, {}, False),  # (serving for another reason: no standby established with it yet)
+        ({}, {"registered_at_cp": False}, False),  # (the standby cut off from the CP too: it could not take over)
+        ({}, {"state": "batch_reading"}, False),  # (a standby not yet established)
+        ({}, {"takeover_file": {"responding": False}}, False),  # (its storage silent: it follows no ring)
+        ({"last_error": "batch write failed: takeover file /t is gone"}, {}, False),
+        ({}, {"reachable": False, "error": "connection refused"}, False),
+    ],
+    ids=["peer-cut", "peer-up", "standby-unregistered", "standby-not-established", "standby-storage-silent", "batch-failing", "standby-unasked"],
+)
+def test_only_the_peer_link_down_is_said_as_such_not_as_no_standby(a_extra: dict[str, Any], b_extra: dict[str, Any], cut: bool) -> None:
+    """Found by the slow-links walk-through: with only the peer link down, status said SERVING
+    WITHOUT A STANDBY ("no failover possible right now", §0), though the standby, registered at
+    the CP and following the ring, still takes over a crash. It is its own verdict (1, a
+    warning: no switchover, no handover at a stop), with the line naming the link; any other
+    cause keeps SERVING WITHOUT A STANDBY."""
+    a = _host("host-a", "active", **{"state": "serving", "peer_link": {"up": False}, **a_extra})
+    st = summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), [a, _host("host-b", "standby", **b_extra)])
+    assert st["serving"] and not st["established"] and st["exit_status"] in (1, 3), st
+    if "reachable" not in b_extra:
+        assert st["exit_status"] == 1, st
+    head = headline(st)
+    if cut:
+        assert head[0] == "hsb: SERVING, PEER LINK DOWN (a crash is still taken over; no switchover)", head
+        assert st["peer_link_down"].startswith("the peer link between host-a and host-b is down: host-b (registered at the CP"), st
+        assert head[1:] == [f"  {st['peer_link_down']}"], head
+    else:
+        assert not st["peer_link_down"] and "PEER LINK DOWN" not in "\n".join(head), (st, head)
+        assert head[0] == "hsb: SERVING WITHOUT A STANDBY" or ("reachable" in b_extra and head[0].startswith("hsb: UNKNOWN")), head
+
+
 def test_what_the_cp_or_the_active_said_of_the_standby_is_not_said_twice() -> None:
     """The CP names no standby and the standby says it is not registered; the active cannot write
     its ring and the standby says its view is stale: one line for each, the CP's and the active's

@@ -111,6 +111,24 @@ async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
         assert a["role"] == "active" and b["role"] == "standby"
         assert not a["peer_link"]["up"] and not b["peer_link"]["up"]
         assert (await pair.cp_status())["switchovers"] == 0
+        # hsbctl status says what this is: the standby still takes over a crash (not "without a standby")
+        secret = next(pair.dir.rglob("secret"))
+        argv = ["--cp", pair.cp.info["admin"], "--host", pair.hosts["host-a"].info["admin"], "--host", pair.hosts["host-b"].info["admin"]]
+        r = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "hsb.ctl", *argv, "--secret-file", str(secret), "status"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert r.stdout.splitlines()[:2] == [
+            "hsb: SERVING, PEER LINK DOWN (a crash is still taken over; no switchover)",
+            "  the peer link between host-a and host-b is down: host-b (registered at the CP, following the ring) still takes over if host-a dies,"
+            " told by the CP once host-a's lease has surely run out (at most 0.45 s with the defaults); until the link is back a switchover is"
+            " refused and a stop of host-a does not hand over (§9); check the network between the hosts' peer_listen addresses (a firewall,"
+            " a route) and both hosts' logs (hot_standby_lost, peer_link_*)",
+        ], r.stdout
         t.send({"t": "msg", "id": 1, "data": "during the cut"})
         assert (await t.wait(lambda m: m["t"] == "reply"))["data"] == "during the cut"
         proxy_to_b.set_cut(False)

@@ -102,9 +102,20 @@ def _tls_line(t: dict[str, Any], links: str) -> str:
     return f"TLS on ({links}); certificate {', '.join(t.get('names') or [])} expires {when} ({left}){warn}"
 
 
+PEER_LINK_DOWN = "SERVING, PEER LINK DOWN (a crash is still taken over; no switchover)"
+
+
 def headline(st: dict[str, Any]) -> list[str]:
     """The verdict line, and a line for each daemon that could not be asked."""
-    verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
+    verdict = (
+        "ESTABLISHED (hot standby ready)"
+        if st["established"]
+        else PEER_LINK_DOWN
+        if st["serving"] and st.get("peer_link_down")
+        else "SERVING WITHOUT A STANDBY"
+        if st["serving"]
+        else "NOT SERVING"
+    )
     failing = st.get("service_failing") or []
     stalls = st.get("service_stalled") or []
     if failing:  # (exit 2: no message is answered, whatever the pair's state)
@@ -116,7 +127,16 @@ def headline(st: dict[str, Any]) -> list[str]:
             f"SERVICE STALLED on the active: a call has not returned{age}"
             f" (terminal {first.get('terminal') or '?'}'s later messages wait; others are served) (the pair: {verdict})"
         )
-    why = [f"  {line}" for line in [*(st.get("journal_down") or []), *failing, *(x["why"] for x in stalls), *(st.get("not_ready") or [])]]
+    why = [
+        f"  {line}"
+        for line in [
+            *(st.get("journal_down") or []),
+            *failing,
+            *(x["why"] for x in stalls),
+            *(st.get("not_ready") or []),
+            *([st["peer_link_down"]] if st.get("peer_link_down") else []),
+        ]
+    ]
     # (answers that disagree on who is the active, asked again: no verdict from them)
     changing = (
         [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []

@@ -87,6 +87,24 @@ def _batch_unwritten(h: dict[str, Any]) -> str | None:
     return f"{h['name']} serves without a standby: {err}"
 
 
+def peer_link_cut(actives: list[dict[str, Any]], standbys: list[dict[str, Any]]) -> str | None:
+    """Why the pair is not established when only the peer link is down: the active serves
+    (`serving`, its peer link down) and the standby is ready otherwise (established, registered at
+    the CP, following the ring). The CP still tells it of a crash, so a failover is possible;
+    a planned switchover is not. None otherwise (the caller has ruled out every other cause)."""
+    cut = [a for a in actives if a.get("state") == "serving" and isinstance(a.get("peer_link"), dict) and a["peer_link"].get("up") is False]
+    ready = [h for h in standbys if h.get("state") == "established" and h.get("registered_at_cp", True) and _storage_answers(h)]
+    if not cut or not ready:
+        return None
+    a, sb = cut[0], ready[0]
+    return (
+        f"the peer link between {a['name']} and {sb['name']} is down: {sb['name']} (registered at the CP, following the ring)"
+        f" still takes over if {a['name']} dies, told by the CP once {a['name']}'s lease has surely run out (at most 0.45 s with the defaults);"
+        f" until the link is back a switchover is refused and a stop of {a['name']} does not hand over (§9); check the network"
+        " between the hosts' peer_listen addresses (a firewall, a route) and both hosts' logs (hot_standby_lost, peer_link_*)"
+    )
+
+
 def journal_down(cp: dict[str, Any]) -> str | None:
     """Why the CP acknowledges nothing: its journal cannot be written (a full disk, EIO: failing;
     a hung mount: stalled), with the fix; None if it can (or the CP keeps none)."""
@@ -353,6 +371,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         # the active's batch writes fail (its takeover file gone, truncated, another pair's): its
         # error names the fix, under the verdict rather than only on its own line further down
         stale += [why for why in (_batch_unwritten(h) for h in actives) if why]
+    # only the peer link is down: a crash is still taken over; its own verdict (1), not "without a standby"
+    cut = peer_link_cut(actives, standbys) if serving and not established and not stale and not changing else None
     # ring lag: what the active wrote minus what the standby has read (same generation)
     for sb in standbys:
         tf = sb.get("takeover_file")
@@ -413,6 +433,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         "cp_active_unasked": unasked_active,
         # why hot standby is not ready though both hosts say established, each with its fix
         "not_ready": stale if serving else [],
+        # only the peer link is down (the standby still takes over a crash; no switchover): the line
+        "peer_link_down": cut,
         # the CP's journal cannot be written (exit 2: it acknowledges nothing), with its fix
         "journal_down": [why for why in [journal_down(cp)] if why],
         # the active's service answers no message (exit 2), each with its fix
