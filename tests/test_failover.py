@@ -126,8 +126,8 @@ async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
             "hsb: SERVING, PEER LINK DOWN (a crash is still taken over; no switchover)",
             "  the peer link between host-a and host-b is down: host-b (registered at the CP, following the ring) still takes over if host-a dies,"
             " told by the CP once host-a's lease has surely run out (at most 0.45 s with the defaults); until the link is back a switchover is"
-            " refused and a stop of host-a does not hand over (§9); check the network between the hosts' peer_listen addresses (a firewall,"
-            " a route) and both hosts' logs (hot_standby_lost, peer_link_*)",
+            " refused (a stop of host-a still hands over, through the CP: §9); check the network between the hosts' peer_listen addresses"
+            " (a firewall, a route) and both hosts' logs (hot_standby_lost, peer_link_*)",
         ], r.stdout
         t.send({"t": "msg", "id": 1, "data": "during the cut"})
         assert (await t.wait(lambda m: m["t"] == "reply"))["data"] == "during the cut"
@@ -141,6 +141,53 @@ async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         # a logon during the cut still reached the standby through the file
         assert (await pair.cp_sessions())["T00001"]["standby"]
+    finally:
+        await proxy_to_a.close()
+        await proxy_to_b.close()
+        pair.stop()
+
+
+async def test_a_stop_during_a_peer_link_cut_hands_over_through_the_cp(tmp_path: Path) -> None:
+    """SIGTERM (systemctl stop, a reboot) of the active while only the peer link is cut: the
+    standby, registered at the CP and following the ring, takes the service over; the terminal
+    keeps its session and its later message is answered by the new active. Before, the stop was
+    the normal termination and nobody served until hsbctl promote, though a crash would have
+    failed over."""
+    from hsb.ports import free_port
+    from tests.support.hostclient import FakeTerminal
+    from tests.support.pair import make_pair
+    from tests.support.proxy import Proxy
+
+    pa, pb = free_port(), free_port()
+    proxy_to_b, proxy_to_a = Proxy(f"127.0.0.1:{pb}"), Proxy(f"127.0.0.1:{pa}")
+    pair = make_pair(
+        tmp_path,
+        host_a={"peer_listen": f"127.0.0.1:{pa}", "peer": await proxy_to_b.start()},
+        host_b={"peer_listen": f"127.0.0.1:{pb}", "peer": await proxy_to_a.start()},
+    )
+    try:
+        pair.start("host-a", "active")
+        pair.start("host-b", "standby")
+        await pair.wait_state("host-b", "established")
+        t = await FakeTerminal.connect(pair.cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t.send({"t": "msg", "id": 1, "data": "before the cut"})
+        assert (await t.wait(lambda m: m["t"] == "reply" and m["id"] == 1))["data"] == "before the cut"
+        await pair.wait_state("host-b", "established")  # (its standby session for T00001 opened from the ring)
+        proxy_to_b.set_cut(True)
+        proxy_to_a.set_cut(True)
+        await pair.wait_state("host-a", "serving", role="active")
+        pair.hosts["host-a"].kill(signal.SIGTERM)
+        assert await asyncio.to_thread(pair.hosts["host-a"].popen.wait, 30) == 0
+        assert pair.hosts["host-a"].events("stop_hands_over_peer_link_down"), pair.hosts["host-a"].log.read_text()[-3000:]
+        assert pair.hosts["host-a"].events("stopped_after_handover"), pair.hosts["host-a"].log.read_text()[-3000:]
+        await pair.wait_state("host-b", "serving", role="active")
+        t.send({"t": "msg", "id": 2, "data": "after the stop"})
+        reply = await t.wait(lambda m: m["t"] == "reply" and m["id"] == 2)
+        assert reply["data"] == "after the stop" and not t.closed
+        # the terminal saw no session closed: the service was handed over, not ended
+        assert not [m for m in t.inbox if m["t"] == "session" and m.get("state") != "open"], t.inbox
+        assert (await pair.cp_status())["active"]["name"] == "host-b"
     finally:
         await proxy_to_a.close()
         await proxy_to_b.close()

@@ -142,7 +142,8 @@ async def test_a_stop_just_after_a_peer_link_blip_hands_over(tmp_path: Path, mon
         # as hsbctl stop asks it: the answer says what this stop will do, not "stops normally"
         ah, ap = parse_addr(a.bound["admin"])
         said = await request(ah, ap, SECRET, {"t": "stop", "takeover": True})
-        assert "waits a moment for the standby" in said["msg"], said
+        assert said["msg"].startswith("host-a hands over to the standby through the CP, then stops; the peer link to host-b has been down for"), said
+        assert "it waits up to 3 s for the link first" in said["msg"] and said["hands_over"] is True, said
         stop = asyncio.ensure_future(a.graceful_stop())
         await until(lambda: rec.events("stop_waits_for_standby"), "the stop waiting for the standby")
         a.ha.peer_peer_hello = real_hello  # type: ignore[method-assign]
@@ -150,7 +151,46 @@ async def test_a_stop_just_after_a_peer_link_blip_hands_over(tmp_path: Path, mon
             a.ha.post("peer_frame", msg=m)
         await asyncio.wait_for(stop, 25)
         assert rec.events("stopped_after_handover"), rec.entries
+        assert not rec.events("stop_hands_over_peer_link_down"), rec.entries  # (the link came back: the usual handover)
         assert b.ha.role == "active" and a.ha.role == "standby"
+
+
+async def test_a_stop_long_into_a_peer_link_cut_hands_over_through_the_cp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found with the slow-links walk-through's status line: with the peer link down for longer
+    than a blip, the standby still registered at the CP and following the ring, a stop of the
+    active was the normal termination: nobody took over, the service ended until hsbctl promote,
+    where a crash would have failed over. It hands over through the CP, at once (no wait for the
+    link), as the CP grants it to the standby registered there."""
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        real_hello = a.ha.peer_peer_hello
+
+        async def dropped(msg: dict[str, Any]) -> None:  # (host-b's hellos never arrive: the cut lasts)
+            pass
+
+        a.ha.peer_peer_hello = dropped  # type: ignore[method-assign]
+        assert a.peer.inbound is not None
+        a.peer.inbound.close()
+        await until(lambda: a.ha.state == "serving", "host-a serving (its standby out of sight)")
+        a.ha.standby_out_of_sight = time.monotonic() - 60  # a minute into the cut
+        assert b.ha.state == "established" and b.ha.registered
+        ah, ap = parse_addr(a.bound["admin"])
+        said = await request(ah, ap, SECRET, {"t": "stop", "takeover": True})
+        assert said["hands_over"] is True and said["msg"].startswith("host-a hands over to the standby through the CP, then stops;"), said
+        assert "down for 60 s" in said["msg"] and "waits up to" not in said["msg"], said
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.graceful_stop(), 25)
+        assert time.monotonic() - t0 < 5.0
+        assert not rec.events("stop_waits_for_standby"), rec.entries
+        [warned] = rec.events("stop_hands_over_peer_link_down")
+        assert warned["peer"] == "host-b" and warned["down_s"] >= 60, warned
+        assert rec.events("stopped_after_handover") and not rec.events("stop_handover_failed"), rec.entries
+        assert a.ha.role == "standby" and a.exit_code == 0
+        await until(lambda: b.ha.role == "active" and b.ha.serving, "host-b the active")
+        assert cp.cp is not None and cp.cp.active is not None and cp.cp.active.name == "host-b"
+        a.ha.peer_peer_hello = real_hello  # type: ignore[method-assign]
 
 
 async def test_a_switchover_whose_release_cannot_be_sent_ends_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -451,7 +491,9 @@ async def test_a_host_demoted_during_its_normal_stop_stops_as_the_standby(tmp_pa
 
 async def test_a_stop_long_after_the_standby_went_does_not_wait_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The standby host was stopped and stays down: a later stop of the active does not wait for
-    it (no stop_waits_for_standby), and hsbctl stop says so."""
+    it (no stop_waits_for_standby). Taken for one behind a peer-link cut (out of sight a minute),
+    its handover goes to the CP, which has no standby registered and refuses it: the normal stop
+    follows at once (not asked again for the 15 s of a standby whose CP link blipped)."""
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
     monkeypatch.setattr(stopping_mod, "log", rec)
@@ -466,11 +508,15 @@ async def test_a_stop_long_after_the_standby_went_does_not_wait_for_it(tmp_path:
         a.ha.standby_out_of_sight = time.monotonic() - 60  # a minute ago
         ah, ap = parse_addr(a.bound["admin"])
         said = await request(ah, ap, SECRET, {"t": "stop", "takeover": True})
-        assert said["msg"].startswith("host-a stops normally: nobody takes over"), said
+        assert said["msg"].startswith("host-a hands over to the standby through the CP, then stops;"), said
         t0 = time.monotonic()
         await asyncio.wait_for(a.graceful_stop(), 15)
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 2.5
         assert not rec.events("stop_waits_for_standby"), rec.entries
+        [failed] = rec.events("stop_handover_failed")
+        assert failed["then"] == "normal stop", failed
+        assert a.ha.role == "active" and a.ha.state == "stopping" and a.exit_code == 0
+        assert cp.cp is not None and cp.cp.active is None  # (the CP recorded the normal stop: nobody serves)
 
 
 # ---------------------------------------------------------------------- 7: a task's bug ends its step

@@ -100,7 +100,7 @@ def peer_link_cut(actives: list[dict[str, Any]], standbys: list[dict[str, Any]])
     return (
         f"the peer link between {a['name']} and {sb['name']} is down: {sb['name']} (registered at the CP, following the ring)"
         f" still takes over if {a['name']} dies, told by the CP once {a['name']}'s lease has surely run out (at most 0.45 s with the defaults);"
-        f" until the link is back a switchover is refused and a stop of {a['name']} does not hand over (§9); check the network"
+        f" until the link is back a switchover is refused (a stop of {a['name']} still hands over, through the CP: §9); check the network"
         " between the hosts' peer_listen addresses (a firewall, a route) and both hosts' logs (hot_standby_lost, peer_link_*)"
     )
 

@@ -50,12 +50,12 @@ class HostAdminProtocol(AuthServerProtocol):
             self.send({"t": "result", "ok": False, "msg": "stop: field 'takeover' must be true or false; nothing done"})
             return
         hands_over = ha.role == "active" and takeover and ha.switchover_refusal(stop=True) is None
-        if hands_over:
+        if hands_over and ha.standby_behind_cut():  # (the peer link down: through the CP, which decides)
+            what = f"hands over to the standby through the CP, then stops; {self.srv.cut_caveat()}"
+        elif hands_over:
             what = "hands over to the standby, then stops"
             if ha.standby_view_stale():  # (still: a normal stop would end the service for everyone)
                 what += f"; {ha.stale_view_caveat()}"
-        elif takeover and ha.standby_may_return():
-            what = "waits a moment for the standby the peer link lost, hands over if it comes back, else stops normally"
         elif ha.role == "active":
             what = "stops normally: nobody takes over (" + ("no established standby" if takeover else "--no-takeover") + ")"
         else:

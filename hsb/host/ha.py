@@ -61,7 +61,7 @@ log = structlog.get_logger("hsb.host")
 # An established standby that went out of sight with the peer link less than this long ago may be
 # back in a moment (a blip: the link tries again every 0.5 s at most, each try bounded by 2 s to
 # connect and 2 s to authenticate, so this is two tries and more): a stop of the active waits for
-# it briefly (HostServer.standby_back). One gone longer is taken to be down (stopped, crashed).
+# it briefly (HostServer.standby_back), then hands over through the CP all the same.
 STANDBY_BLIP_S = 10.0
 
 
@@ -406,11 +406,21 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
             # again saying the peer link closed too, so that the CP need not wait out the lease
             await self.request_switchover(f"peer link lost: {why}", kind=self.switch_kind)
 
+    def standby_behind_cut(self) -> bool:
+        """An active serving without its standby only because the peer link dropped while hot
+        standby was established (and the standby did not say it stops): the standby may well be
+        established still, registered at the CP and following the ring, as a crash now would
+        find it. A stop hands over to it through the CP all the same (the CP grants a handover
+        only to a standby registered there, else `no_standby`: the normal stop follows); the
+        operator's switchover is refused."""
+        return self.role == "active" and self.state == SERVING and self.standby_out_of_sight is not None
+
     def standby_may_return(self) -> bool:
         """An active serving without its standby because the peer link dropped less than
         STANDBY_BLIP_S ago while hot standby was established (a blip: the standby itself may be
         established still): a stop waits a moment for it (HostServer.standby_back), and hsbctl stop
-        says so. One out of sight longer is taken to be down: a stop does not wait for it."""
+        says so. For one out of sight longer a stop does not wait (it hands over through the CP
+        at once: `standby_behind_cut`)."""
         return (
             self.role == "active"
             and self.state == SERVING

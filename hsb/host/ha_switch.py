@@ -177,7 +177,9 @@ class SwitchSide:
         established standby is no refusal: the switchover starts once the standby is ready again.
         A standby whose view of the sessions is stale refuses the operator's switchover, not a
         stop's handover (`stop`): the stop would otherwise end the service for everyone, while a
-        crash fails over to that same view anyway (`stale_view_caveat`)."""
+        crash fails over to that same view anyway (`stale_view_caveat`). So does a standby out of
+        sight only with the peer link (`standby_behind_cut`: the CP, which grants the handover
+        only to a standby registered there, decides)."""
         if self.role != "active":
             return f"{self.name} is the {self.role}, not the active; run it against the active host"
         if self.stopping:
@@ -185,7 +187,7 @@ class SwitchSide:
         if not self.registered:
             # its release would carry the epoch before the registration's: a stale frame, fenced
             return f"{self.name} is not registered at the CP (its link to the CP is down or just came back); ask again once it is"
-        if self.state != ESTABLISHED and not (self.state == BATCH_WRITING and self.resyncing):
+        if self.state != ESTABLISHED and not (self.state == BATCH_WRITING and self.resyncing) and not (stop and self.standby_behind_cut()):
             return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
         if self.standby_view_stale() and not stop:
             # (`check_ring_writes`) it would hand over a view stopped where the writes stopped: the

@@ -29,7 +29,7 @@ log = structlog.get_logger("hsb.host")
 # A stop of an active whose established standby went out of sight with the peer link less than
 # STANDBY_BLIP_S (hsb.host.ha) before (a blip: the standby itself stays established at the CP,
 # following the ring) waits this long at most for the link to restore hot standby, and then hands
-# over; else it stops normally. Within systemd's TimeoutStopSec=60 with the handover's 15 s (+ up
+# over (through the CP all the same if it does not come back: HA.standby_behind_cut). Within systemd's TimeoutStopSec=60 with the handover's 15 s (+ up
 # to HANDOVER_ANSWER_S) and a normal stop's ~11 s.
 STOP_PEER_WAIT_S = 3.0
 # A stop whose CP link just came back waits this long at most for the registration's answer (its
@@ -132,23 +132,32 @@ class Stopping:
         while not ha.registered and self.cp.up and ha.exit is None and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
-    async def standby_back(self: HostServer) -> bool:
+    async def standby_back(self: HostServer) -> None:
         """An active whose established standby went out of sight with the peer link less than
-        STANDBY_BLIP_S ago (`HA.standby_may_return`; one gone longer is taken to be down): wait up
-        to STOP_PEER_WAIT_S for the link to restore hot standby (True), so that a stop just after a
-        blip hands over instead of ending the service. Not longer, and no handover without it:
-        this host cannot tell whether the standby is established still (a planned switchover
-        needs hot standby, §5.3)."""
+        STANDBY_BLIP_S ago (`HA.standby_may_return`): wait up to STOP_PEER_WAIT_S for the link to
+        restore hot standby, so that a stop just after a blip hands over with the standby's state
+        known. Not longer: without the link the stop hands over through the CP all the same, which
+        grants it only to a standby registered there (`HA.standby_behind_cut`)."""
         ha = self.ha
         if not ha.standby_may_return():
-            return False
+            return
         log.info("stop_waits_for_standby", at_most_s=STOP_PEER_WAIT_S, msg="the peer link dropped while hot standby was established")
         deadline = time.monotonic() + STOP_PEER_WAIT_S
         while time.monotonic() < deadline and ha.exit is None:
             if ha.role != "active" or ha.state != "serving" or ha.standby_out_of_sight is None:
                 break
             await asyncio.sleep(0.02)
-        return ha.switchover_refusal(stop=True) is None
+
+    def cut_caveat(self: HostServer) -> str:
+        """What a stop's handover to a standby out of sight with the peer link is
+        (`HA.standby_behind_cut`), as hsbctl stop and the log say it."""
+        ha = self.ha
+        ago = time.monotonic() - (ha.standby_out_of_sight or time.monotonic())
+        first = f"it waits up to {STOP_PEER_WAIT_S:g} s for the link first; " if ha.standby_may_return() else ""
+        return (
+            f"the peer link to {self.peer.peer_name or 'the standby'} has been down for {ago:.0f} s: {first}the CP grants the handover"
+            " only to a standby registered there (else nobody takes over: the normal stop)"
+        )
 
     async def graceful_stop(self: HostServer) -> None:
         """Stop: hand over to an established standby first (§5.3), else the normal termination."""
@@ -163,7 +172,17 @@ class Stopping:
             if not under_way:
                 await self.standby_back()
             why = None if under_way else ha.switchover_refusal(stop=True)
+            # the peer link not back: handed over through the CP all the same (a crash would fail over too)
+            cut = not under_way and ha.standby_behind_cut()
             if why is None:
+                if cut:
+                    log.warning(
+                        "stop_hands_over_peer_link_down",
+                        peer=self.peer.peer_name,
+                        down_s=round(time.monotonic() - (ha.standby_out_of_sight or time.monotonic()), 1),
+                        msg="the peer link is down: handing over through the CP, which grants it only to a standby registered there"
+                        " (else nobody takes over: the normal stop)",
+                    )
                 if ha.standby_view_stale():
                     # handed over all the same: a normal stop would end the service for everyone,
                     # and a crash now would fail over to that same view
@@ -179,7 +198,7 @@ class Stopping:
                 # only `--no-takeover`, or no established standby). The stop ends as a lost link
                 # instead, as a crash would: the CP, the arbiter, fails over to the standby (or
                 # grants the handover it holds). Refused (the CP has no standby): the normal stop.
-                as_lost = self.handover_timed_out and ha.role == "active" and ha.established_since is not None
+                as_lost = self.handover_timed_out and ha.role == "active" and (ha.established_since is not None or cut)
                 log.warning(
                     "stop_handover_failed",
                     then="failover" if as_lost else "normal stop",
