@@ -219,7 +219,8 @@ async def test_no_automatic_takeover_after_a_normal_stop_on_a_restored_cp(tmp_pa
 
 async def test_sessions_kept_for_a_flip_that_cannot_come_are_closed(tmp_path: Path) -> None:
     """The active's link ends while a standby is registered: its sessions are kept for the flip.
-    The standby goes too: no flip can come, and the terminals are told their session is gone."""
+    The standby goes too: no flip can come; once the active has had its time to register again
+    (hsb.cp.alone) the terminals are told their session is gone."""
     cp = cp_core(tmp_path, 2)
     a = fake_host(cp, "host-a", "active")
     b = standby(cp)
@@ -228,6 +229,10 @@ async def test_sessions_kept_for_a_flip_that_cannot_come_are_closed(tmp_path: Pa
     a.connection_lost(None)
     assert cp.terms["T00001"].active is not None  # kept for the flip
     b.connection_lost(None)
+    assert cp.terms["T00001"].active is not None and cp.kept_for is not None
+    cp.kept_for = (a, time.monotonic() - 1)  # (that wait over, nobody back)
+    cp._last_tick = time.monotonic()
+    cp.tick()
     assert cp.terms["T00001"].active is None and cp.counts.active == 0
     t.flush()
     assert any(f["t"] == "session" and f["state"] == "closed" for f in t.transport.frames())

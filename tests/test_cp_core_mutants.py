@@ -223,6 +223,14 @@ async def test_the_old_active_of_a_planned_switchover_takes_the_role_again_once_
     assert [m["epoch"] for m in _said(a2, "registered")] == [3]
 
 
+def _waited(cp: Any) -> None:
+    """The CP's tick once the wait for a lost active to register again is over (hsb.cp.alone)."""
+    if cp.quiet_until is not None:
+        cp.quiet_until = time.monotonic() - 1
+    cp._last_tick = time.monotonic()
+    cp.tick()
+
+
 def _pair_with_sessions(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
     """host-a active, host-b standby (both recording), T00001 connected with a session at each."""
     cp, a, b, p = pair_with_sessions(tmp_path)
@@ -234,16 +242,22 @@ def _pair_with_sessions(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
 
 async def test_a_lost_active_is_a_loss_kept_for_the_standby_and_its_sessions_wait_for_the_flip(tmp_path: Path) -> None:
     """The active's link lost (eof): the loss is noted (for the grant's record) and told to the
-    standby once; its sessions stay for the flip. The standby's link lost then too: the kept
-    sessions are lost, the standby's too, and the terminal is told its session closed."""
+    standby once; its sessions stay for the flip. The standby's link lost then too: the standby's
+    sessions go, and the active's wait for it to register again (hsb.cp.alone); nobody back once
+    that wait ends, they are lost and the terminal is told its session closed."""
     cp, a, b, p = _pair_with_sessions(tmp_path)
+    cp._last_tick = time.monotonic()  # (no stall of the CP's own)
     a.connection_lost(None)
     assert cp.loss is not None and cp.active is a
     assert [m["why"] for m in _said(b, "active_lost")] == ["eof"]
     t = cp.terms["T00001"]
     assert t.active is not None and t.standby is not None
     b.connection_lost(None)
-    assert cp.standby is None and t.standby is None and t.active is None
+    assert cp.standby is None and t.standby is None and t.active is not None and cp.kept_for is not None
+    cp.kept_for = (cp.kept_for[0], time.monotonic() - 1)  # (the wait over)
+    cp._last_tick = time.monotonic()
+    cp.tick()
+    assert t.active is None
     assert [(m["state"], m.get("reason")) for m in _sessions(p)][-1] == ("closed", "active host lost, no standby")
 
 
@@ -260,10 +274,15 @@ async def test_a_lost_standby_takes_only_its_own_sessions(tmp_path: Path) -> Non
 
 async def test_the_active_lost_while_the_standbys_link_is_closed_unseen_loses_its_sessions(tmp_path: Path) -> None:
     """The standby's link closed (its loss not yet taken note of), then the active's lost: no
-    standby can take over, so the active's sessions are lost at once and the terminal told."""
+    standby can take over, so the active's sessions wait for it to register again (hsb.cp.alone),
+    then are lost and the terminal told."""
     cp, a, b, p = _pair_with_sessions(tmp_path)
     b.closed = True  # (closed, its connection_lost still to come)
     a.connection_lost(None)
+    assert cp.kept_for is not None and cp.kept_for[0] is a and cp.terms["T00001"].active is not None
+    cp.kept_for = (a, time.monotonic() - 1)  # (the wait over)
+    cp._last_tick = time.monotonic()
+    cp.tick()
     assert cp.terms["T00001"].active is None
     assert [(m["state"], m.get("reason")) for m in _sessions(p)][-1] == ("closed", "active host lost, no standby")
 
@@ -352,8 +371,9 @@ async def test_a_standby_registration_is_refused_only_by_a_live_rival(tmp_path: 
 
 async def test_a_standby_registering_anew_hears_of_a_loss_and_of_no_live_active(tmp_path: Path) -> None:
     """The active's link lost and told to the standby, whose link is lost then too: a standby
-    registering afterwards hears of that loss again (on its own link), and its `registered`
-    names no active (the active's link is down)."""
+    registering afterwards hears of that loss again (on its own link), once the active has had
+    RETURN_WAIT_S to register again (hsb.cp.alone), and its `registered` names no active (the
+    active's link is down)."""
     cp = cp_core(tmp_path, 2)
     a = fake_host(cp, "host-a", "active")
     b = fake_host(cp, "host-b", "standby", record=True)
@@ -363,6 +383,8 @@ async def test_a_standby_registering_anew_hears_of_a_loss_and_of_no_live_active(
     c = fake_host(cp, "host-c", "standby", record=True)
     [reg] = _said(c, "registered")
     assert reg["active"] is None and reg["role"] == "standby"
+    assert not _said(c, "active_lost")
+    _waited(cp)
     assert [m["why"] for m in _said(c, "active_lost")] == ["eof"]
 
 
@@ -440,6 +462,7 @@ async def test_an_active_back_after_its_normal_stop_is_an_ordinary_active_again(
     assert cp.active is a2 and cp.active_stopped_normally is None
     a2.connection_lost(None)
     c = fake_host(cp, "host-c", "standby", record=True)
+    _waited(cp)
     assert [(m["host"], m["why"]) for m in _said(c, "active_lost")] == [("host-a", "eof")]
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.cp.adopt import Adoption
+from hsb.cp.alone import Alone
 from hsb.cp.arbitration import Arbitration
 from hsb.cp.config import LEASE_MARGIN, CPConfig
 from hsb.cp.first_host import FirstHost
@@ -50,7 +51,7 @@ RECORDED_ACTIVE_WAIT_S = 3.0  # after a restart, the active of before has this l
 EPOCH_HOSTS_KEPT = 64  # the actives of this many recent epochs are named in error replies (older: by epoch)
 
 
-class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption, JournalSide, FirstHost, StatusView):
+class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption, Alone, JournalSide, FirstHost, StatusView):
     def __init__(self, cfg: CPConfig, journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.cp.name
@@ -77,6 +78,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         # The active's loss as the CP saw it: (noticed at, last frame heard), monotonic.
         self.loss: tuple[float, float] | None = None
         self.active_lost_notified = False
+        self.init_alone()  # (the active's loss with no standby heard: hsb.cp.alone)
         self.active_stopped_normally: str | None = None
         self.switchovers: list[dict[str, Any]] = []
         self.counters = {
@@ -331,7 +333,9 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             a = self.active
             if a is not None and self.loss is not None and not self.active_stopped_normally:
                 # the active was lost abnormally while no standby was listening (or told a link
-                # of the standby's that is gone now): say so now, on this link
+                # of the standby's that is gone now): said on this link, once the active has had
+                # time to register again (nobody heard both: this CP may have been cut off itself)
+                self.loss_told_after(host)
                 self.active_lost_notified = False
                 self._notify_active_lost(a.name, "eof" if a.closed else "silent")
             elif a is None:  # (told to a link of the standby's that is gone now)
@@ -359,6 +363,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
 
     def _make_active(self, host: HostProtocol) -> int:
         """`host` holds the active role from now on, at a new epoch (returned); no loss pending."""
+        self.kept_sessions_granted(host)  # (those kept for the lost active: flipped if they can be, else closed)
         epoch = self._raise_epoch(host.name)
         for h in (self.active, host):  # an adoption under the epoch before ends with it (hsb.cp.adopt):
             if h is not None and h.adopting:  # its last frame may never come, and logons would wait for it
@@ -378,6 +383,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         return epoch
 
     def _become_active(self, host: HostProtocol, reason: str) -> None:
+        self.kept_sessions_settle(host)  # (those kept for a lost active: its own again, or closed)
         epoch = self._make_active(host)
         self.announced = False
         # its frames count once it is registered; their record ("f") goes before the epoch's, so
@@ -469,18 +475,19 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
                 log.warning("active_host_link_closed_by_cp", host=host.name, epoch=self.epoch)
             else:
                 log.warning("active_host_link_lost", host=host.name, epoch=self.epoch)
-                self.loss = (time.monotonic(), host.last_rx)
+                self.loss_seen(host)
                 self._notify_active_lost(host.name, "eof")
             if self.standby is None or self.standby.closed:
-                self._sessions_lost_without_standby()
+                self.keep_for_return(host)
         elif host is self.standby:
             log.warning("standby_host_link_lost", host=host.name)
             self.standby = None
             self._drop_standby_sessions(host)
             a = self.active
             if a is not None and a.closed:
-                # the active's sessions were kept for a flip that cannot come now: they are lost
-                self._sessions_lost_without_standby()
+                # the active's sessions were kept for a flip that cannot come now: they wait for
+                # the active to register again (the CP may have been cut off itself), else are lost
+                self.keep_for_return(a)
         h = self._handover
         if h is not None and host in (h.active, h.standby):
             active = h.active
@@ -497,15 +504,16 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             self._notify_active_lost(self.not_back, "not back after the CP restarted")
 
     def _notify_active_lost(self, name: str, why: str) -> None:
-        if self.active_lost_notified:
+        if self.active_lost_notified or self.loss_quiet():  # (hsb.cp.alone: said later)
             return
         if self.standby is not None and self.standby.usable:
             self.active_lost_notified = True  # only once it reached a standby
             self.standby.send({"t": "active_lost", "host": name, "why": why})
 
-    def _sessions_lost_without_standby(self) -> None:
+    def _sessions_lost_without_standby(self, host: HostProtocol | None = None) -> None:
+        """Every active session (of `host` only, if given) closed, its terminal told."""
         for term in self.terms.values():
-            if term.active is not None:
+            if term.active is not None and (host is None or term.active.host is host):
                 term.active = None
                 if term.conn is not None:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
@@ -559,6 +567,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             log.warning("cp_loop_stalled", stalled_ms=round((now - last) * 1000, 1), msg="host silence judged again at the next tick")
             return
         self._tick_skipped = False
+        self.tick_alone(now)
         self.sweep_unread(now)
         sw = self.after_switch
         if sw is not None and sw.expired(now):  # (its terminals never served, and no reply came to end it)
@@ -581,5 +590,5 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             return
         if self.loss is None:
             log.warning("active_host_link_silent", host=a.name, silent_s=round(now - a.last_rx, 3))
-            self.loss = (now, a.last_rx)
+            self.loss_seen(a)
         self._notify_active_lost(a.name, "silent")

@@ -18,6 +18,7 @@ every terminal has a session at the active."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -203,6 +204,13 @@ class FlipModel(TerminalRules):
         from hsb.wire.framing import encode
 
         cp = self.cp
+        if cp.quiet_until is not None or cp.kept_for is not None:
+            # the CP waits for a lost active to register again (hsb.cp.alone); no host here does
+            # but through a rule: the wait runs out (its clock moved on), and it tells the standby
+            cp.quiet_until = None if cp.quiet_until is None else time.monotonic() - 1.0
+            cp.kept_for = None if cp.kept_for is None else (cp.kept_for[0], time.monotonic() - 1.0)
+            cp._last_tick = time.monotonic()
+            cp.tick()
         a = cp.active
         if a is not None and a.usable and cp.announced and not a.released and a.role == "active":
             for name, term in cp.terms.items():
