@@ -72,12 +72,13 @@ async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb:
     check_journals(info, report, ["host-a", "host-b"])
 
 
-async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
+async def _pair_behind_peer_proxies(tmp_path: Path) -> tuple[Any, Any, Any]:
+    """A pair whose peer link runs through two proxies a test can cut (host-a -> proxy_to_b ->
+    host-b's peer port; host-b -> proxy_to_a -> host-a's): (pair, proxy_to_b, proxy_to_a)."""
     from hsb.ports import free_port
     from tests.support.pair import make_pair
     from tests.support.proxy import Proxy
 
-    # host-a -> proxy_a -> host-b's peer port; host-b -> proxy_b -> host-a's peer port
     pa, pb = free_port(), free_port()
     proxy_to_b, proxy_to_a = Proxy(f"127.0.0.1:{pb}"), Proxy(f"127.0.0.1:{pa}")
     pair = make_pair(
@@ -85,6 +86,11 @@ async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
         host_a={"peer_listen": f"127.0.0.1:{pa}", "peer": await proxy_to_b.start()},
         host_b={"peer_listen": f"127.0.0.1:{pb}", "peer": await proxy_to_a.start()},
     )
+    return pair, proxy_to_b, proxy_to_a
+
+
+async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
+    pair, proxy_to_b, proxy_to_a = await _pair_behind_peer_proxies(tmp_path)
     try:
         pair.start("host-a", "active")
         pair.start("host-b", "standby")
@@ -153,18 +159,9 @@ async def test_a_stop_during_a_peer_link_cut_hands_over_through_the_cp(tmp_path:
     keeps its session and its later message is answered by the new active. Before, the stop was
     the normal termination and nobody served until hsbctl promote, though a crash would have
     failed over."""
-    from hsb.ports import free_port
     from tests.support.hostclient import FakeTerminal
-    from tests.support.pair import make_pair
-    from tests.support.proxy import Proxy
 
-    pa, pb = free_port(), free_port()
-    proxy_to_b, proxy_to_a = Proxy(f"127.0.0.1:{pb}"), Proxy(f"127.0.0.1:{pa}")
-    pair = make_pair(
-        tmp_path,
-        host_a={"peer_listen": f"127.0.0.1:{pa}", "peer": await proxy_to_b.start()},
-        host_b={"peer_listen": f"127.0.0.1:{pb}", "peer": await proxy_to_a.start()},
-    )
+    pair, proxy_to_b, proxy_to_a = await _pair_behind_peer_proxies(tmp_path)
     try:
         pair.start("host-a", "active")
         pair.start("host-b", "standby")
