@@ -4,11 +4,13 @@ real terminals from hsb.term, SIGKILL/SIGSTOP of the active, journals as proof."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,13 @@ async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb:
     check_journals(info, report, ["host-a", "host-b"])
 
 
-async def _pair_behind_peer_proxies(tmp_path: Path) -> tuple[Any, Any, Any]:
-    """A pair whose peer link runs through two proxies a test can cut (host-a -> proxy_to_b ->
-    host-b's peer port; host-b -> proxy_to_a -> host-a's): (pair, proxy_to_b, proxy_to_a)."""
+@contextlib.asynccontextmanager
+async def _hot_pair_behind_peer_proxies(tmp_path: Path) -> AsyncIterator[tuple[Any, Callable[[bool], None], Any]]:
+    """A pair in hot standby whose peer link runs through two proxies (host-a -> one -> host-b's
+    peer port; host-b -> the other -> host-a's), and T00001 logged on with its session open:
+    (pair, cut(on) for both proxies, T00001). Stopped, proxies closed, at the end."""
     from hsb.ports import free_port
+    from tests.support.hostclient import FakeTerminal
     from tests.support.pair import make_pair
     from tests.support.proxy import Proxy
 
@@ -86,21 +91,27 @@ async def _pair_behind_peer_proxies(tmp_path: Path) -> tuple[Any, Any, Any]:
         host_a={"peer_listen": f"127.0.0.1:{pa}", "peer": await proxy_to_b.start()},
         host_b={"peer_listen": f"127.0.0.1:{pb}", "peer": await proxy_to_a.start()},
     )
-    return pair, proxy_to_b, proxy_to_a
 
+    def cut(on: bool) -> None:
+        proxy_to_b.set_cut(on)
+        proxy_to_a.set_cut(on)
 
-async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
-    pair, proxy_to_b, proxy_to_a = await _pair_behind_peer_proxies(tmp_path)
     try:
         pair.start("host-a", "active")
         pair.start("host-b", "standby")
         await pair.wait_state("host-b", "established")
-        from tests.support.hostclient import FakeTerminal
-
         t = await FakeTerminal.connect(pair.cp.info["terminal"], "T00001")
         await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-        proxy_to_b.set_cut(True)
-        proxy_to_a.set_cut(True)
+        yield pair, cut, t
+    finally:
+        await proxy_to_a.close()
+        await proxy_to_b.close()
+        pair.stop()
+
+
+async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
+    async with _hot_pair_behind_peer_proxies(tmp_path) as (pair, cut, t):
+        cut(True)
         b = await pair.wait_state("host-b", "established")  # still standby, following the ring
         deadline = asyncio.get_running_loop().time() + 10
         while (await pair.status("host-b"))["peer_link"]["up"]:
@@ -137,8 +148,7 @@ async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
         ], r.stdout
         t.send({"t": "msg", "id": 1, "data": "during the cut"})
         assert (await t.wait(lambda m: m["t"] == "reply"))["data"] == "during the cut"
-        proxy_to_b.set_cut(False)
-        proxy_to_a.set_cut(False)
+        cut(False)
         await pair.wait_state("host-a", "established")
         await pair.wait_state("host-b", "established")  # (it stayed established through the cut, following the ring)
         deadline = asyncio.get_running_loop().time() + 10
@@ -147,10 +157,6 @@ async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         # a logon during the cut still reached the standby through the file
         assert (await pair.cp_sessions())["T00001"]["standby"]
-    finally:
-        await proxy_to_a.close()
-        await proxy_to_b.close()
-        pair.stop()
 
 
 async def test_a_stop_during_a_peer_link_cut_hands_over_through_the_cp(tmp_path: Path) -> None:
@@ -159,20 +165,11 @@ async def test_a_stop_during_a_peer_link_cut_hands_over_through_the_cp(tmp_path:
     keeps its session and its later message is answered by the new active. Before, the stop was
     the normal termination and nobody served until hsbctl promote, though a crash would have
     failed over."""
-    from tests.support.hostclient import FakeTerminal
-
-    pair, proxy_to_b, proxy_to_a = await _pair_behind_peer_proxies(tmp_path)
-    try:
-        pair.start("host-a", "active")
-        pair.start("host-b", "standby")
-        await pair.wait_state("host-b", "established")
-        t = await FakeTerminal.connect(pair.cp.info["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    async with _hot_pair_behind_peer_proxies(tmp_path) as (pair, cut, t):
         t.send({"t": "msg", "id": 1, "data": "before the cut"})
         assert (await t.wait(lambda m: m["t"] == "reply" and m["id"] == 1))["data"] == "before the cut"
         await pair.wait_state("host-b", "established")  # (its standby session for T00001 opened from the ring)
-        proxy_to_b.set_cut(True)
-        proxy_to_a.set_cut(True)
+        cut(True)
         await pair.wait_state("host-a", "serving", role="active")
         pair.hosts["host-a"].kill(signal.SIGTERM)
         assert await asyncio.to_thread(pair.hosts["host-a"].popen.wait, 30) == 0
@@ -185,10 +182,6 @@ async def test_a_stop_during_a_peer_link_cut_hands_over_through_the_cp(tmp_path:
         # the terminal saw no session closed: the service was handed over, not ended
         assert not [m for m in t.inbox if m["t"] == "session" and m.get("state") != "open"], t.inbox
         assert (await pair.cp_status())["active"]["name"] == "host-b"
-    finally:
-        await proxy_to_a.close()
-        await proxy_to_b.close()
-        pair.stop()
 
 
 async def test_twenty_failovers_back_and_forth_under_load(sb: Any) -> None:

@@ -46,12 +46,7 @@ class Alone:
 
     kept_for: tuple[HostProtocol, float] | None  # the lost active whose sessions wait for it, until when
     quiet_until: float | None  # a standby is told of the active's loss from then on
-    # (CP's, declared here as the other mixins do)
-    active: HostProtocol | None
-    standby: HostProtocol | None
-    loss: tuple[float, float] | None
-    active_stopped_normally: str | None
-    host_timeout: float
+    loss: tuple[float, float] | None  # (CP's, set by `loss_seen`: declared as its other mixins do)
 
     def init_alone(self: CP) -> None:
         self.kept_for = None
@@ -87,10 +82,11 @@ class Alone:
             msg="the active's link is gone and no standby can take over: its sessions wait for it to register again",
         )
 
-    def kept_sessions_settle(self: CP, host: HostProtocol) -> None:
-        """`host` is made the active: the sessions kept for the lost one are its own again if it is
-        that same process on a new link (adopted, the terminals told nothing), else closed now,
-        each terminal told, as they would have been at the loss."""
+    def kept_sessions_to(self: CP, host: HostProtocol, flip: bool) -> None:
+        """`host` is given the role: the sessions kept for the lost active are its own again if it
+        is that same process on a new link (adopted, the terminals told nothing); else closed now,
+        each terminal told, as at the loss, but for a grant (`flip`) those with a standby session
+        at `host`, which its flip takes (the flip's classic path would disconnect the others)."""
         kept, self.kept_for = self.kept_for, None
         self.quiet_until = None
         if kept is None:
@@ -99,23 +95,7 @@ class Alone:
         if old is host or (host.instance and (old.name, old.instance) == (host.name, host.instance)):
             log.info("sessions_kept_returned", host=host.name, msg="the active registered again: its sessions are adopted")
             return
-        self._sessions_lost_without_standby(old)
-
-    def kept_sessions_granted(self: CP, host: HostProtocol) -> None:
-        """`host` is given the role (a grant, or a registration after `kept_sessions_settle`): of
-        the sessions kept for the lost active, those with a standby session at `host` are left for
-        the grant's flip; the others are closed now, each terminal told, as at the loss (else the
-        flip's classic path would disconnect them)."""
-        kept, self.kept_for = self.kept_for, None
-        self.quiet_until = None
-        if kept is None or kept[0] is host:
-            return
-        old = kept[0]
-        for term in self.terms.values():
-            if term.active is not None and term.active.host is old and not (term.standby is not None and term.standby.host is host):
-                term.active = None
-                if term.conn is not None:
-                    self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
+        self._sessions_lost_without_standby(old, unless_standby_at=host if flip else None)
 
     def loss_told_after(self: CP, host: HostProtocol) -> None:
         """A standby registers (a new link) while the active is lost: it was not there throughout,

@@ -363,7 +363,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
 
     def _make_active(self, host: HostProtocol) -> int:
         """`host` holds the active role from now on, at a new epoch (returned); no loss pending."""
-        self.kept_sessions_granted(host)  # (those kept for the lost active: flipped if they can be, else closed)
+        self.kept_sessions_to(host, flip=True)  # (a grant's: those kept for the lost active flipped, or closed)
         epoch = self._raise_epoch(host.name)
         for h in (self.active, host):  # an adoption under the epoch before ends with it (hsb.cp.adopt):
             if h is not None and h.adopting:  # its last frame may never come, and logons would wait for it
@@ -383,7 +383,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         return epoch
 
     def _become_active(self, host: HostProtocol, reason: str) -> None:
-        self.kept_sessions_settle(host)  # (those kept for a lost active: its own again, or closed)
+        self.kept_sessions_to(host, flip=False)  # (those kept for a lost active: its own again, or closed)
         epoch = self._make_active(host)
         self.announced = False
         # its frames count once it is registered; their record ("f") goes before the epoch's, so
@@ -510,10 +510,15 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             self.active_lost_notified = True  # only once it reached a standby
             self.standby.send({"t": "active_lost", "host": name, "why": why})
 
-    def _sessions_lost_without_standby(self, host: HostProtocol | None = None) -> None:
-        """Every active session (of `host` only, if given) closed, its terminal told."""
+    def _sessions_lost_without_standby(self, host: HostProtocol | None = None, unless_standby_at: HostProtocol | None = None) -> None:
+        """Every active session (of `host` only, if given; not one with a standby session at
+        `unless_standby_at`) closed, its terminal told."""
         for term in self.terms.values():
-            if term.active is not None and (host is None or term.active.host is host):
+            if (
+                term.active is not None
+                and (host is None or term.active.host is host)
+                and (unless_standby_at is None or term.standby is None or term.standby.host is not unless_standby_at)
+            ):
                 term.active = None
                 if term.conn is not None:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})

@@ -415,6 +415,10 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         operator's switchover is refused."""
         return self.role == "active" and self.state == SERVING and self.standby_out_of_sight is not None
 
+    def out_of_sight_s(self) -> float:
+        """Seconds since the established standby went out of sight with the peer link (0: it did not)."""
+        return 0.0 if self.standby_out_of_sight is None else time.monotonic() - self.standby_out_of_sight
+
     def standby_may_return(self) -> bool:
         """An active serving without its standby because the peer link dropped less than
         STANDBY_BLIP_S ago while hot standby was established (a blip: the standby itself may be

@@ -152,7 +152,7 @@ class Stopping:
         """What a stop's handover to a standby out of sight with the peer link is
         (`HA.standby_behind_cut`), as hsbctl stop and the log say it."""
         ha = self.ha
-        ago = time.monotonic() - (ha.standby_out_of_sight or time.monotonic())
+        ago = ha.out_of_sight_s()
         first = f"it waits up to {STOP_PEER_WAIT_S:g} s for the link first; " if ha.standby_may_return() else ""
         return (
             f"the peer link to {self.peer.peer_name or 'the standby'} has been down for {ago:.0f} s: {first}the CP grants the handover"
@@ -179,7 +179,7 @@ class Stopping:
                     log.warning(
                         "stop_hands_over_peer_link_down",
                         peer=self.peer.peer_name,
-                        down_s=round(time.monotonic() - (ha.standby_out_of_sight or time.monotonic()), 1),
+                        down_s=round(ha.out_of_sight_s(), 1),
                         msg="the peer link is down: handing over through the CP, which grants it only to a standby registered there"
                         " (else nobody takes over: the normal stop)",
                     )
