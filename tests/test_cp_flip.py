@@ -56,8 +56,10 @@ async def test_a_failover_flip_in_slices_leaves_every_terminal_consistent(tmp_pa
         assert len(t.held) == 1 and all(h.delivered_epoch == cp.epoch for h in t.held.values()), name  # re-delivered to B
     for name in names[20:25]:  # no standby session: the classic path closed them
         assert cp.terms[name].active is None and cp.terms[name].conn.closed, name
+        cp.terms[name].conn.connection_lost(None)  # (their ends, as the event loop reports them)
     for name in names[30:35]:  # gone before the switch: nothing switched
         assert cp.terms[name].active is None and cp.terms[name].standby is None, name
+    assert cp.drops.total == {"closed": 5, "classic_path": 5}, cp.drops.total  # (hsb.cp.drops: why each went)
 
 
 async def test_a_planned_flip_keeps_the_demoted_actives_sessions_as_standby_ones(tmp_path: Path) -> None:

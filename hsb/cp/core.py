@@ -26,6 +26,7 @@ from hsb.cp.adopt import Adoption
 from hsb.cp.alone import Alone
 from hsb.cp.arbitration import Arbitration
 from hsb.cp.config import LEASE_MARGIN, CPConfig
+from hsb.cp.drops import Drops
 from hsb.cp.first_host import FirstHost
 from hsb.cp.flip import Flip
 from hsb.cp.host_sessions import HostSessions, _Handover
@@ -81,6 +82,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         self.init_alone()  # (the active's loss with no standby heard: hsb.cp.alone)
         self.active_stopped_normally: str | None = None
         self.switchovers: list[dict[str, Any]] = []
+        self.drops = Drops()  # terminal connections lost, by cause (hsb.cp.drops)
         self.counters = {
             "delivered": 0,
             "redelivered": 0,
@@ -574,6 +576,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         self._tick_skipped = False
         self.tick_alone(now)
         self.sweep_unread(now)
+        self.drops.tick(now, self.connected)
         sw = self.after_switch
         if sw is not None and sw.expired(now):  # (its terminals never served, and no reply came to end it)
             self.after_switch = None

@@ -302,6 +302,7 @@ class Flip:
                         # Classic path of [0002]: no standby session; the terminal reconnects.
                         # (An active session with the new active: switched already, it went first.)
                         term.active = None
+                        term.conn.lost_why = term.conn.lost_why or "classic_path"
                         term.conn.close()
                         self.classic += 1
                         nf = sum(1 for h in term.held.values() if h.t <= t0 and not (h.replying and term.resuming))

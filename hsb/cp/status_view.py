@@ -59,6 +59,7 @@ class StatusView:
                 "active_sessions": active_s,
                 "standby_sessions": standby_s,
                 "backpressured": paused,
+                "disconnects": self.drops.status(),
             },
             "held_messages": held,
             # the data of the held messages and kept replies, against the CP's own bound

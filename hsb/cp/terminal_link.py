@@ -10,6 +10,7 @@ import structlog
 from hsb.cp.state import Session, Term
 from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
 from hsb.wire.framing import ProtocolError, data_size, payload_max
+from hsb.wire.lost import lost_why
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -32,6 +33,7 @@ class TerminalProtocol(FramedProtocol):
     # decode a whole read (256 KB of frames: 28 ms of the loop, 5.6 MB of objects) behind it
     hold_until_vouched = True
     held_max = None  # a terminal may send on without waiting for its welcome: it is one read at most
+    lost_why: str | None = None  # why it ended, once it has (hsb.cp.drops): set by whoever knows
 
     def __init__(self, cp: CP, *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
         super().__init__(idle_timeout=hello_timeout, partial_timeout=hello_timeout, **kw)
@@ -246,6 +248,7 @@ class TerminalProtocol(FramedProtocol):
         none of it was acknowledged."""
         if self.unread_has("bye"):  # (one read already: `on_lost` finds it)
             self.bye_waiting = True
+        self.lost_why = self.lost_why or "closed_unread"
         self.abort()  # (its connection_lost comes later and finds the terminal no longer its own)
         self.on_lost(None, now=True)
 
@@ -275,6 +278,8 @@ class TerminalProtocol(FramedProtocol):
 
     def on_lost(self, exc: Exception | None, now: bool = False) -> None:
         term = self.term
+        if self.lost_why is None:
+            self.lost_why = self.close_code or ("closed_by_cp" if self.closed_here else lost_why(exc))
         if self._bye_read():
             self.bye_waiting = True  # it said bye behind the bound, and went: a logoff all the same
         self.parked = None

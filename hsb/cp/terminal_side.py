@@ -285,14 +285,17 @@ class TerminalSide:
     def terminal_lost(self: CP, term: Term) -> None:
         # no settle_flip(_for): a terminal not yet flipped that goes is closed by the flip when reached
         # (its old active is no longer the active, so nothing is sent for it here)
-        if term.conn is None:
+        conn = term.conn
+        if conn is None:
             return
         term.conn = None
         term.notice = None  # a new connection gets a new welcome and session state instead
         self.owed_no_more(term)
         term.paused = False
         self.connected -= 1
-        log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
+        why = "logoff" if term.leaving else conn.lost_why or conn.close_code or ("closed_by_cp" if conn.closed_here else "closed")
+        self.drops.add(why)
+        log.debug("terminal_disconnected", terminal=term.name, held=len(term.held), why=why)
         self._close_active_session(term, "logoff" if term.leaving else "disconnect")
         if term.leaving:  # what it sent before its bye is answered to nobody from now on
             term.logoff_upto = max(term.logoff_upto, term.bye_upto)

@@ -235,6 +235,14 @@ def render(st: dict[str, Any]) -> str:
             f"sessions {t['active_sessions']} active / {t['standby_sessions']} standby  held {cp['held_messages']}"
             + (f"  back-pressured {t['backpressured']}" if t.get("backpressured") else "")
         )
+        drops = (t.get("disconnects") or {}).get("recent") or {}
+        if drops:  # (logoffs aside: hsb.cp.drops)
+            n = sum(drops.values())
+            out.append(
+                f"            {n} terminal connection{'' if n == 1 else 's'} lost in the last {(t['disconnects'].get('recent_s') or 60):.0f} s: "
+                + ", ".join(f"{why} {k}" for why, k in sorted(drops.items(), key=lambda x: -x[1]))
+                + " (they reconnect and resume; docs/operations.md, terminals that drop)"
+            )
         sup = cp.get("supervisor")
         if sup:  # hsbcpd --supervise
             died = sup.get("last_death")

@@ -220,6 +220,17 @@ def _kind_histogram(name: str, doc: str, h: Any) -> Metric:
     return m
 
 
+def _disconnects(d: dict[str, Any] | None) -> Metric:
+    m = CounterMetricFamily(
+        "hsb_terminal_disconnects",
+        "Terminal connections lost, by cause (closed, reset, timed_out, idle_timeout, classic_path, logoff, ...: docs/operations.md).",
+        labels=["cause"],
+    )
+    for cause, n in sorted(((d or {}).get("total") or {}).items()):
+        m.add_metric([cause], float(n))
+    return m
+
+
 def _sessions(doc: str, t: dict[str, Any]) -> Metric:
     m = GaugeMetricFamily("hsb_sessions", doc, labels=["kind"])
     m.add_metric(["active"], t["active_sessions"])
@@ -254,6 +265,7 @@ class CPCollector:
         t = st["terminals"]
         yield _g("hsb_terminals_connected", "Terminals connected.", t["connected"])
         yield _sessions("Sessions by kind.", t)
+        yield _disconnects(t.get("disconnects"))
         yield _g("hsb_held_messages", "Messages acknowledged and not yet discarded.", st["held_messages"])
         yield _g(
             "hsb_terminals_backpressured", "Terminals not being read, or read for confirmations only (a held or kept bound).", t["backpressured"]

@@ -53,6 +53,7 @@ from hsb.term.net import dead_peer_detection, new_id_base
 from hsb.term.resume import Resume
 from hsb.term.verdict import ACKED, SENT
 from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
+from hsb.wire.lost import lost_why
 
 if TYPE_CHECKING:
     from hsb.term.connector import Connector
@@ -139,6 +140,7 @@ class TerminalClient(Logon, Answers, Resume, asyncio.Protocol):
         "cp_present_drops",
         "logon_drops",
         "told_why",
+        "broke_protocol",
         "cork_upto",
         "paused",
         "conn_upto",
@@ -230,6 +232,7 @@ class TerminalClient(Logon, Answers, Resume, asyncio.Protocol):
         self.cp_present_drops = 0
         self.logon_drops = 0  # connections closed after the hello with neither a welcome nor an error
         self.told_why = False  # this connection had an error frame (a refusal says why it closes)
+        self.broke_protocol = False  # this connection's CP sent what breaks the protocol
         self.cork_upto = 0  # the highest id in the cork (`sent_upto` once the cork is written)
         # the connection's transport asked for no more writes (its buffer is full: the CP does not
         # read): messages wait, unwritten, until it resumes (asyncio flow control)
@@ -358,6 +361,7 @@ class TerminalClient(Logon, Answers, Resume, asyncio.Protocol):
             dead_peer_detection(transport.get_extra_info("socket"), self.keepalive)
         self.decoder = Decoder(DEFAULT_MAX_FRAME, CP_TYPES)
         self.told_why = False
+        self.broke_protocol = False
         self.paused = False
         self.conn_upto = 0
         self.replies_read = 0
@@ -447,6 +451,15 @@ class TerminalClient(Logon, Answers, Resume, asyncio.Protocol):
         if self.connector is not None:
             self.connector.schedule(self, retry)
 
+    def why_lost(self, exc: Exception | None) -> str:
+        """Why its connection ended, as this side saw it: the code of the CP's error frame,
+        `protocol_error` (the CP sent what breaks the protocol), `closed_here`, else
+        hsb.wire.conn.lost_why's word (`closed`: the CP ended it without saying why, `reset`,
+        `timed_out`: keepalive gave up on a silent CP or line)."""
+        if self.told_why:
+            return self.last_error or ("protocol_error" if self.broke_protocol else "closed_here")
+        return lost_why(exc)
+
     def connect_failed(self, exc: BaseException) -> None:
         """Called by the connector when a TCP connect attempt failed."""
         self.cp_away()
@@ -465,6 +478,7 @@ class TerminalClient(Logon, Answers, Resume, asyncio.Protocol):
     # -- frames from the CP -------------------------------------------------
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.told_why = True  # (this side closes: counted as a protocol error, not as the CP's drop)
+        self.broke_protocol = True
         self.protocol_errors += 1
         self.listener.on_protocol_error(self, exc)
         if self.transport is not None:

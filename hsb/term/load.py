@@ -482,6 +482,7 @@ def _report(
         unacked=total.unacked,
         resent=stats.resent,
         disconnects=stats.disconnects,
+        disconnect_causes=dict(stats.disconnect_causes.most_common()),
         connect_failures=stats.connect_failures,
         session_closed=stats.session_closed,
         switched=stats.switched,

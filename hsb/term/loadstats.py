@@ -40,6 +40,7 @@ class LoadStats(Listener):
         self.unexpected = 0
         self.resent = 0
         self.disconnects = 0
+        self.disconnect_causes: Counter[str] = Counter()  # those disconnects by why (TerminalClient.why_lost)
         self.dropped_at = array("d")  # when each of those disconnects came (monotonic)
         self.connect_failures = 0
         self.session_closed = 0
@@ -200,6 +201,7 @@ class LoadStats(Listener):
     def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
         if self.counting and welcomed:
             self.disconnects += 1
+            self.disconnect_causes[c.why_lost(exc)] += 1
             self.dropped_at.append(time.monotonic())
 
     def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:

@@ -77,6 +77,16 @@ def error_counts(errors: dict[str, int]) -> str:
     return ", ".join(f"{k} x{v}" for k, v in sorted(errors.items()))
 
 
+def why_list(why: dict[str, int]) -> str:
+    """'reset 3, timed_out 1': disconnects by why, the commonest first."""
+    return ", ".join(f"{k} {n}" for k, n in sorted(why.items(), key=lambda x: -x[1]))
+
+
+def causes(why: dict[str, int]) -> str:
+    """' (why: reset 3, timed_out 1)' for a report's disconnects, or nothing."""
+    return f" (why: {why_list(why)})" if why else ""
+
+
 def duplicates_failure(n: int, ids: list[str]) -> str:
     return f"duplicates: {many(n, 'reply', 'replies')} beyond the first{eg(ids)}"
 
@@ -174,6 +184,7 @@ class LoadReport:
     unacked_ids: list[str] = field(default_factory=list)
     bad_data_ids: list[str] = field(default_factory=list)
     per_terminal_disconnects: dict[str, int] = field(default_factory=dict)  # only terminals with > 0
+    disconnect_causes: dict[str, int] = field(default_factory=dict)  # the disconnects by why (closed, reset, timed_out, an error code)
     # With run_load(record_ids=True): {terminal: {"acked": [[first, last], ...], "replied": [...]}}.
     # Left out of to_dict() unless asked for (it grows with the run).
     ids: dict[str, IdRanges] | None = None
@@ -257,7 +268,7 @@ class LoadReport:
         if not self.expect_disconnects and self.disconnects_standby_capable:
             out.append(
                 f"disconnects: {self.disconnects_standby_capable} of terminals that should have kept their"
-                " connection (pass --expect-disconnects for conventional mode or a CP restart)"
+                f" connection{causes(self.disconnect_causes)} (pass --expect-disconnects for conventional mode or a CP restart)"
             )
         if not self.expect_disconnects and self.logon_drops:
             out.append(
@@ -371,7 +382,8 @@ def format_table(r: LoadReport) -> str:
         ("resent", f"{r.resent} messages; {r.resent_ignored} replies resent by the CP were already here" + ("" if r.resume else " (not resuming)")),
         (
             "disconnects",
-            f"{r.disconnects} (failed connects {r.connect_failures}; CP away {r.cp_reconnects})"
+            f"{r.disconnects} (failed connects {r.connect_failures}; CP away {r.cp_reconnects}"
+            + (f"; why: {why_list(r.disconnect_causes)})" if r.disconnect_causes else ")")
             + (
                 f"; expected where the CP was away ({r.disconnects_cp_present} with it present)"
                 if r.expect_disconnects == "cp"

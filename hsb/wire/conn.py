@@ -406,8 +406,13 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
         PROTOCOL_ERRORS[(self.link, exc.code)] += 1
         self.close_with_error(exc.code, exc.msg)
 
+    # the code of the error frame this side closed the link with (close_with_error), if any
+    close_code: str | None = None
+
     def close_with_error(self, code: str, msg: str, **fields: Any) -> None:
         """Send an `error` frame (with `fields` beside code and msg) and close the link."""
+        if not self.closed:
+            self.close_code = code
         self.send({"t": "error", "code": code, "msg": msg, **fields})
         self.close()
 
