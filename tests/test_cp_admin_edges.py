@@ -129,8 +129,18 @@ async def test_status_takes_each_count_from_its_own_source(tmp_path: Path, monke
     cp.switchovers = [{"epoch": 2}, {"epoch": 3}]
     cp.logons.deferred, cp.logons.deferred_byes, cp.logons.deferred_losses = 21, 22, 23
     cp.paused = True
+    cp.drops.add("reset")
+    cp.drops.add("logoff")
     st = cp.status()
-    assert st["terminals"] == {"defined": 2, "connected": 0, "active_sessions": 11, "standby_sessions": 12, "backpressured": 15}, st["terminals"]
+    drops = {"total": {"reset": 1, "logoff": 1}, "recent": {"reset": 1}, "recent_s": 60.0}
+    assert st["terminals"] == {
+        "defined": 2,
+        "connected": 0,
+        "active_sessions": 11,
+        "standby_sessions": 12,
+        "backpressured": 15,
+        "disconnects": drops,
+    }, st["terminals"]
     assert st["held_messages"] == 13 and st["journal"]["outstanding"] == 27, st
     assert st["held_bytes"] == {"total": 16, "kept": 17, "bound": cp.held_total_bytes, "reached": True}, st["held_bytes"]
     assert st["switchovers"] == 2 and st["last_switchover"] == {"epoch": 3}, st
