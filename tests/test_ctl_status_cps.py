@@ -249,3 +249,60 @@ def test_the_hosts_ahead_of_a_cp_on_a_copy_of_the_journal_are_no_role_change() -
         h["cp_generation"]["takeover"] = "c0c0c0c0c0c0c0c0"
     st = summarize(dict(cp), [dict(h) for h in hosts])
     assert st["changing"] and st["exit_status"] == 3 and not st["cp_errors"], st
+
+
+def _one_serving_one_waiting_ask(holds: bool) -> Any:
+    """cp-1 serves (generation 6), cp-2 waits, its machine holding the virtual address or not;
+    a pair in hot standby."""
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, **_: Any) -> dict[str, Any]:
+        if addr == "cp-1:1":
+            b, a = {"name": "host-b", "connected": True}, {"name": "host-a", "connected": True}
+            cp = {"name": "cp-1", "pid": 7, "instance": "i7", "role": "cp", "state": "serving", "cp_state": "serving", "epoch": 5, "generation": 6}
+            return {"data": {**cp, "journal": {"durability": "fsync", "state": "ok"}, "active": b, "standby": a}}
+        if addr == "cp-2:1":
+            return {
+                "data": {
+                    "name": "cp-2",
+                    "pid": 8,
+                    "role": "cp",
+                    "state": "waiting",
+                    "cp_state": "waiting",
+                    "journal_generation": 6,
+                    "holds_address": holds,
+                }
+            }
+        role = "active" if addr == "b:1" else "standby"
+        host = {"name": "host-" + addr[0], "role": role, "state": "established", "serving": role == "active", "epoch": 5}
+        return {"data": {**host, "pid": 40, "instance": addr[0] + "40", "cp_generation": {"seen": 6, "refusals": 0}}}
+
+    return ask
+
+
+def test_both_cp_machines_holding_the_address_is_said(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """keepalived dead or hung on the serving machine (it keeps the address) or a VRRP split
+    brain: the waiting CP's machine holds the address too, and the terminals reach whichever
+    machine announced it last (the two-CP walk-through: NOT SERVING with no word of why)."""
+    from hsb.ctl import gather
+    from hsb.ctl.status import render
+
+    monkeypatch.setattr(gather, "ask", _one_serving_one_waiting_ask(True))
+    st = asyncio.run(gather.status_all("cp-1:1", ["a:1", "b:1"], str(secret), cp_machines=["cp-1:1", "cp-2:1"]))
+    assert len(st["cp_warnings"]) == 1, st["cp_warnings"]
+    w = st["cp_warnings"][0]
+    assert w.startswith("both CP machines hold the virtual address: cp-2 at cp-2:1 (waiting) holds it too, while cp-1 serves"), w
+    assert "keepalived dead or hung on cp-1" in w and "split_brain_takeover" in w, w
+    shown = render(
+        {
+            "established": False,
+            "serving": False,
+            "hosts": [],
+            "cp": {"reachable": False, "addr": "cp-1:1"},
+            "cps": st["cps"],
+            "cp_warnings": st["cp_warnings"],
+        }
+    )
+    assert "WARNING: both CP machines hold the virtual address" in shown, shown
+    monkeypatch.setattr(gather, "ask", _one_serving_one_waiting_ask(False))
+    st = asyncio.run(gather.status_all("cp-1:1", ["a:1", "b:1"], str(secret), cp_machines=["cp-1:1", "cp-2:1"]))
+    assert st["cp_warnings"] == [] and st["exit_status"] == 0, st

@@ -118,6 +118,12 @@ class CPSection(Ruled):
     # address while the serving CP's heartbeat has not moved for takeover_stale seconds
     takeover: Literal["at_start", "on_wake"] = "at_start"
     takeover_stale: float = Field(default=0.3, ge=0.2, le=600)  # the serving CP beats every 0.1 s
+    # woken while this CP waits (keepalived made this machine master: SIGUSR1, or the wake file
+    # turning MASTER) and holding the address this long while the other CP still beats: take the
+    # journal over all the same. The address's traffic goes to the newest master (its gratuitous
+    # ARP), where nothing would listen: the other machine's keepalived died or hangs (it keeps the
+    # address), or a VRRP split brain. 0: never (wait while the other CP beats)
+    split_brain_takeover: float = Field(default=2.0, ge=0, le=600)
     # written by keepalived's notify script: MASTER, BACKUP, FAULT or STOP (level, not edge: a
     # hsbcpd started after the transition still reads it); "": SIGUSR1 only
     wake_file: OptConfigPath = ""  # relative: to the config file

@@ -191,13 +191,11 @@ class Waiting:
         t = time.monotonic() - self.storage_asked
         return t if t >= STORAGE_STUCK else None
 
-    def _master_here(self) -> bool:
-        """keepalived says this machine is master (its notify script's state file), or SIGUSR1 came."""
-        if self.wake_requested:
-            return True
+    def _filed_master(self) -> bool | None:
+        """Whether the wake file says MASTER (None: no wake file configured; unreadable: no)."""
         f = self.cfg.cp.wake_file
         if not f:
-            return False
+            return None
         try:
             return Path(f).read_text().strip().upper().endswith("MASTER")
         except OSError:
@@ -262,15 +260,27 @@ class Waiting:
         still_since = time.monotonic()
         told = False
         woke_stamp: Any = None  # the heartbeat when first woken holding the address: a beat after it is a split brain
+        # when a wake came while this CP waited (SIGUSR1, or the wake file turning MASTER), holding
+        # the address: this machine is the newest master. One read at the start (MASTER written
+        # before this process) is not: it may be the stale state of a keepalived that died here
+        woke_at: float | None = None
+        was_filed: bool | None = None  # the wake file's word at the last look (None: not looked yet, or none)
         failed = 0  # looks at the storage that failed in a row: each waits longer before the next
         while not self.should_exit.is_set():
             due: float | None = None  # woken, the heartbeat not yet stale: when it will be
             polled, held = await self._unless_stopping(holds_address, c.terminal_listen, False)
             if not polled:
                 break
-            woken, asked = self._master_here(), self.wake_requested
+            asked, filed = self.wake_requested, self._filed_master()
+            woken = asked or bool(filed)
+            arrived = asked or (filed is True and was_filed is False)
+            was_filed = filed
             if not held:
                 woke_stamp = None
+            if not held or filed is False:  # (keepalived no longer says master here)
+                woke_at = None
+            elif arrived and woke_at is None:
+                woke_at = time.monotonic()
             if woken and not held and asked:
                 log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
             self.wake_requested = False
@@ -310,14 +320,29 @@ class Waiting:
                     # (a failover: the CP before stopped a moment ago, its last beat younger than
                     # takeover_stale; deferred, said only if it beats again)
                     woke_stamp = now_stamp
-                elif woke_stamp is not None and not told and now_stamp != woke_stamp:
-                    told = True
-                    log.warning(
-                        "cp_wake_deferred",
-                        generation=gen,
-                        last_beat_s=age,
-                        msg="master here, but another CP serves the journal and beats: not taking over (split brain?)",
-                    )
+                elif woke_stamp is not None and now_stamp != woke_stamp:
+                    if not told:
+                        told = True
+                        bound = c.split_brain_takeover if woke_at is not None else 0
+                        log.warning(
+                            "cp_wake_deferred",
+                            generation=gen,
+                            last_beat_s=age,
+                            takeover_in_s=bound or None,
+                            msg="master here, but another CP serves the journal and beats: not taking over (split brain?)"
+                            + (
+                                f"; taking it over in {bound:g} s unless the address leaves this machine (the address's traffic comes here)"
+                                if bound
+                                else ""
+                            ),
+                        )
+                    if woke_at is not None and c.split_brain_takeover and time.monotonic() - woke_at >= c.split_brain_takeover:
+                        return (
+                            f"master here for {time.monotonic() - woke_at:.1f} s while the CP of generation {gen} still beats"
+                            " (keepalived dead or hung on its machine, or a VRRP split brain): the address's traffic comes here"
+                        )
+                    if woke_at is not None and c.split_brain_takeover:
+                        due = max(0.001, woke_at + c.split_brain_takeover - time.monotonic())
             else:
                 stamp = None
             self.woken.clear()

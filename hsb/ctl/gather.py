@@ -184,6 +184,8 @@ async def serving_cp(
                 "journal_missing": d.get("journal_missing") is True,
                 "journal_unanswered_s": d.get("journal_unanswered_s"),
                 "journal_error": d.get("journal_error"),
+                # (a waiting CP's: whether its machine holds the virtual address too)
+                "holds_address": d.get("holds_address") is True,
             }
         )
     serving = newest_serving(seen)

@@ -39,6 +39,23 @@ def cp_named_twice(machines: list[dict[str, Any]] | None) -> list[str]:
     ]
 
 
+def cp_address_twice(machines: list[dict[str, Any]] | None) -> list[str]:
+    """A warning when a waiting CP's machine holds the virtual address while another CP serves:
+    both machines hold it (a VRRP split brain, or keepalived dead or hung on the serving one,
+    which keeps the address), and the address's traffic goes to whichever announced it last."""
+    ms = [m for m in machines or [] if m.get("reachable") and not m.get("same_as")]
+    serving = [m for m in ms if m.get("state") == "serving"]
+    return [
+        f"both CP machines hold the virtual address: {m.get('name')} at {m['addr']} ({m.get('state')}) holds it too, while"
+        f" {serving[0].get('name')} serves: a VRRP split brain, or keepalived dead or hung on {serving[0].get('name')} (it keeps the"
+        " address); terminals reach whichever machine announced the address last. Check keepalived on both"
+        " ('systemctl status keepalived') and the VRRP link; woken there, the waiting CP takes the journal over after"
+        " [cp] split_brain_takeover (§18)"
+        for m in ms
+        if serving and m is not serving[0] and m.get("state") != "serving" and m.get("holds_address")
+    ]
+
+
 def _storage_answers(h: dict[str, Any]) -> bool:
     tf = h.get("takeover_file")
     return not isinstance(tf, dict) or tf.get("responding", True) is not False
@@ -458,7 +475,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         # CPs that say they serve though superseded (one ERROR line each, exit at least 1)
         "cp_errors": cp_errors,
         # a CP machine the ctl config names twice (one WARNING line each; the verdict stands)
-        "cp_warnings": cp_named_twice(machines),
+        "cp_warnings": cp_named_twice(machines) + cp_address_twice(machines),
         "cp": cp,
         "hosts": hosts,
     }

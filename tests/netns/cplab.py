@@ -303,6 +303,16 @@ vrrp_instance hsb_cp {{
         except ProcessLookupError:
             return None
 
+    def keepalived_pids(self, node: str) -> list[int]:
+        """keepalived's processes on `node`: its parent and its VRRP child (from their pid files)."""
+        pids = []
+        for f in (f"ka-{node}.pid", f"ka-vrrp-{node}.pid"):
+            try:
+                pids.append(int((self.dir / f).read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
     async def cp_statuses(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for node in CPS:
