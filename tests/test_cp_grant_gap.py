@@ -82,6 +82,9 @@ async def test_the_granted_host_lost_before_a_planned_grant_takes_effect_leaves_
 
 
 async def test_the_granted_host_lost_before_a_failover_grant_takes_effect_closes_the_sessions_once(tmp_path: Path) -> None:
+    """Its sessions wait RETURN_WAIT_S for a host to take them (the grantee's link lost with
+    this CP's stall, its host alive, registers again as the standby and asks: hsb.cp.alone),
+    then, nobody there, are closed once, each terminal told."""
     cp, a, b, terms = pair(tmp_path)
     j = HeldJournal(cp)
     a.connection_lost(None)  # the active dies: host-b asks, and is granted
@@ -91,6 +94,11 @@ async def test_the_granted_host_lost_before_a_failover_grant_takes_effect_closes
     j.release()
     cp.settle_flip()
     assert cp.granting is None and cp.announced and cp.loss is not None
+    assert cp.kept_for is not None and cp.kept_for[0] is a, cp.kept_for
+    assert not any(f.get("state") == "closed" for t in terms for f in session_news(t))  # (kept: not yet)
+    cp.kept_for = (a, time.monotonic() - 1)  # (the wait over, nobody registered)
+    cp._last_tick = time.monotonic()
+    cp.tick()
     for t in terms:
         assert t.term.active is None and t.term.standby is None
         closed = [f for f in session_news(t) if f.get("state") == "closed"]
@@ -381,3 +389,53 @@ async def test_an_active_session_opened_before_the_grant_is_announced_gets_its_m
     cp.settle_flip()
     kinds = [f["t"] for f in frames(b) if f["t"] in ("switch_granted", "deliver", "deliver_batch")]
     assert kinds == ["switch_granted", "deliver"], kinds
+
+
+def _registered_again(cp: Any, name: str, instance: str, role: str) -> Any:
+    """The same hsbd process (`instance`) on a new link, registered as `role`."""
+    h = fake_host(cp, name, record=True)
+    h.instance = instance
+    cp.host_register(h, role, 1)
+    return h
+
+
+@pytest.mark.parametrize("grant", ["pending", "made"])
+async def test_both_links_lost_in_a_planned_switchover_neither_host_is_fenced_nor_a_session_closed(tmp_path: Path, grant: str) -> None:
+    """This CP stalled (or its network) in a planned switchover: both hosts' links are lost at
+    once, before the grant took effect ("pending") or after, its `demoted` and `switch_granted`
+    unread ("made"). The old active, registering again as the active, was refused `active_exists`
+    and fenced (exit 75: no standby left), and a grant still pending closed every terminal's
+    session (the alone.py review, session 69). Now the old active is told it handed over, the
+    grantee (it never read its grant) registers as the standby and is told at once, asks, and is
+    granted without waiting out a lease of its own; the sessions wait for it and are switched to
+    it: no terminal is told its session closed."""
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    a.instance = "a1"
+    news_before = [len(session_news(t)) for t in terms]
+    if grant == "made":
+        j.release()
+        cp.settle_flip()
+        assert cp.active is b and cp.standby is a and cp.handed_over_by == ("host-a", "a1", cp.epoch)
+    a.connection_lost(None)
+    b.connection_lost(None)
+    if grant == "pending":
+        j.release()  # (its epoch durable only now: the grantee is gone)
+        cp.settle_flip()
+    assert cp.kept_for is not None, "the sessions were not kept for a host to take them"
+    b2 = _registered_again(cp, "host-b", "b1", "standby")  # it never read the grant: the standby still
+    told = [f for f in frames(b2) if f["t"] == "active_lost"]
+    assert told, "the grantee back as the standby was not told at once"
+    for t in terms:  # its standby sessions again (hsb.host: reopened at its registration)
+        cp.host_open(b2, t.term.name, "standby", {})
+    a2 = _registered_again(cp, "host-a", "a1", "active")
+    assert [f.get("code") for f in frames(a2) if f["t"] == "error"] == ["handed_over"], frames(a2)
+    assert not any(f["t"] == "fenced" for f in frames(a2))
+    cp.host_switchover(b2, "active lost", planned=False)  # (no peer evidence: its own lease is no wait)
+    j.release()
+    cp.settle_flip()
+    assert cp.active is b2 and b2.role == "active" and cp.deferred_ask is None
+    for t in terms:
+        assert t.term.active is not None and t.term.active.host is b2, t.term.name
+        assert not any(f.get("state") == "closed" for f in session_news(t)[news_before[terms.index(t)] :]), session_news(t)
+    a3 = _registered_again(cp, "host-a", "a1", "standby")  # (told it handed over: the standby now)
+    assert cp.standby is a3

@@ -92,7 +92,7 @@ class Alone:
         if kept is None:
             return
         old = kept[0]
-        if old is host or (host.instance and (old.name, old.instance) == (host.name, host.instance)):
+        if old is host or old.same_process(host):
             log.info("sessions_kept_returned", host=host.name, msg="the active registered again: its sessions are adopted")
             return
         self._sessions_lost_without_standby(old, unless_standby_at=host if flip else None)

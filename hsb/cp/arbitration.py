@@ -104,7 +104,9 @@ class Arbitration:
             left = self.lease_left(a)
             claim = self.peer_closed_claim
             peer_closed = peer_closed or (claim is not None and claim[0] == host.name and time.monotonic() - claim[1] < PEER_CLAIM_S)
-            if not peer_closed and left > 0 and not (planned and a.released):  # (a release gives the role up: as below)
+            # (a release gives the role up: as below; the requester's own process holds no lease as
+            # the active: it registered as the standby since, `host_register`)
+            if not peer_closed and left > 0 and not (planned and a.released) and not a.same_process(host):
                 self.deferred_ask = (host.name, reason, planned, kind, req)
                 if self.deferred_grant is None:
                     log.info(
@@ -116,7 +118,13 @@ class Arbitration:
                     )
                     self.deferred_grant = asyncio.get_running_loop().call_later(left, self._deferred_switchover)
                 return
-            why = "active host link closed" + ("; its peer link closed too" if peer_closed else f", its lease run out ({self.host_lease:g} s)")
+            why = "active host link closed" + (
+                "; its peer link closed too"
+                if peer_closed
+                else "; the requester is that host's own process, registered as the standby since"
+                if a.same_process(host)
+                else f", its lease run out ({self.host_lease:g} s)"
+            )
         elif (silent := time.monotonic() - a.last_rx) > self.host_timeout:
             if self.stalled():
                 # this process did not run for a while: the active's heartbeats of that time may be
@@ -349,7 +357,19 @@ class Arbitration:
             return
         self.announced = True
         self.loss = (time.monotonic(), host.last_rx)
-        self._sessions_lost_without_standby()
+        if demote is not None and not demote.fenced:
+            # the old active's link lost too (this CP stalled, or its network, in the switchover):
+            # it released the role, and registering again as the active it is told it handed over
+            # (it comes back as the standby: `host_register`), not refused and fenced
+            self.handed_over_by = (demote.name, demote.instance or "", self.epoch)
+        holder = demote or old
+        if holder is not None:
+            # the terminals' sessions wait for a host to take them (RETURN_WAIT_S: the grantee,
+            # alive, registers again as the standby, and asks): those it holds a standby session
+            # for are flipped then, the others closed (hsb.cp.alone), not all closed at once
+            self.keep_for_return(holder)
+        else:
+            self._sessions_lost_without_standby()
         self.active_lost_notified = False  # a standby that registered meanwhile takes over
         self._notify_active_lost(host.name, "eof")
 

@@ -193,7 +193,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         self.settle_flip()
         if role == "active":
             cur = self.active
-            if cur is not None and not cur.closed and cur is not host and cur.name == host.name and host.instance and cur.instance == host.instance:
+            if cur is not None and not cur.closed and cur is not host and cur.same_process(host):
                 # the same host process on a new link: its old link broke on its side (a reset we
                 # have not seen yet). The new link replaces the old one; refusing it would fence
                 # a healthy active (and, after a failover, its successor too)
@@ -212,9 +212,11 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             dm = self.demoting  # a planned switchover's grant being made durable: its old active
             if dm is not None and self.granting is cur and dm is not host and host.instance and (host.name, host.instance) == (dm.name, dm.instance):
                 ho = (dm.name, dm.instance or "", self.epoch)  # (whose link broke meanwhile) handed over too
-            if cur is not None and not cur.closed and ho is not None and host.instance and (host.name, host.instance) == ho[:2]:
+            if cur is not None and ho is not None and host.instance and (host.name, host.instance) == ho[:2]:
                 # the old active of a planned switchover, its link lost with the `demoted` frame:
-                # it handed over; told so, it registers again as the standby (it is not fenced)
+                # it handed over; told so, it registers again as the standby (it is not fenced).
+                # Also when the new active's link is down too (this CP stalled, or its network, in
+                # the switchover: both links lost at once): the standby path decides who serves
                 log.info("registration_redirected", host=host.name, role=role, active=cur.name, epoch=self.epoch, reason="handed over")
                 host.send(
                     {
@@ -282,7 +284,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             self._become_active(host, reason="registered")
         elif role == "standby":
             old = self.standby
-            if old is not None and not old.closed and old is not host and old.name == host.name and host.instance and old.instance == host.instance:
+            if old is not None and not old.closed and old is not host and old.same_process(host):
                 log.warning(
                     "host_link_replaced", host=host.name, role="standby", msg="the standby registered again on a new link: its old link is dropped"
                 )
@@ -336,8 +338,19 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             if a is not None and self.loss is not None and not self.active_stopped_normally:
                 # the active was lost abnormally while no standby was listening (or told a link
                 # of the standby's that is gone now): said on this link, once the active has had
-                # time to register again (nobody heard both: this CP may have been cut off itself)
-                self.loss_told_after(host)
+                # time to register again (nobody heard both: this CP may have been cut off itself).
+                # But the active of record's own process registering as the standby holds no role
+                # (a grant it never read: both links lost in a switchover): said now
+                if a.closed and a.same_process(host):
+                    self.quiet_until = None
+                    log.info(
+                        "active_back_as_standby",
+                        host=host.name,
+                        epoch=self.epoch,
+                        msg="the active of record registered as the standby: it holds no role; told now",
+                    )
+                else:
+                    self.loss_told_after(host)
                 self.active_lost_notified = False
                 self._notify_active_lost(a.name, "eof" if a.closed else "silent")
             elif a is None:  # (told to a link of the standby's that is gone now)

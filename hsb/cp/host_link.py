@@ -72,6 +72,10 @@ class HostProtocol(AuthServerProtocol):
     def usable(self) -> bool:
         return self.authed and not self.closed and not self.fenced
 
+    def same_process(self, other: HostProtocol) -> bool:
+        """Whether `other` (another link, say) is of this very hsbd process (its `instance`)."""
+        return bool(other.instance) and (self.name, self.instance) == (other.name, other.instance)
+
     def auth_ok_extra(self) -> dict[str, Any]:
         # hosts refuse a CP older than one they saw, and one on another journal than theirs
         ok: dict[str, Any] = {"generation": self.cp.journal.gen}
