@@ -576,3 +576,58 @@ async def test_a_segment_with_one_message_still_held_is_not_dropped_with_the_set
     finally:
         j.close()
     assert sorted(recover(tmp_path).held.get("T1", {})) == [2]
+
+
+async def test_a_deadline_that_fires_late_looks_again_before_it_says_stalled(tmp_path: Path, monkeypatch: Any) -> None:
+    """hsbcpd stopped (SIGSTOP, a paused VM) longer than journal_timeout with a group in flight:
+    on SIGCONT uvloop runs the overdue deadline before it reads the write's completion, and the CP
+    said `journal_stalled` (error) and `journal_recovered_from_fault` a moment later, and counted a
+    stall, though the storage was fine (the two-CP walk-through). A deadline firing late looks
+    again after a turn of the loop; a group still in flight then is a stall, as ever."""
+    from hsb import faults
+    from hsb.bootclock import boot_now
+    from hsb.cp.journal import completion
+    from hsb.takeover.faults import Faults
+
+    hook = Faults()
+    monkeypatch.setattr(faults, "_storage", hook)
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, timeout=0.5)
+    j.open(1, [], [])
+    loop = asyncio.get_running_loop()
+
+    def fires_late() -> None:
+        """The deadline timer due long ago, and its group's timeout long past (a stall of ours)."""
+        if j._timer is not None:
+            j._timer.cancel()
+        j._timer_due = boot_now() - 3.0
+        j._batch_t0 = boot_now() - j.timeout - 3.0
+        j._deadline()
+
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        hook.hold()
+        j.append(["a", "T1", 2, "x"])
+        await asyncio.sleep(0.05)  # (in flight, held)
+        fires_late()
+        assert j.state == "ok" and j.stalls == 0, "a late deadline said stalled at once"
+        hook.release()  # the write completes in the turn the look waits for
+        began = loop.time()
+        while j._inflight is not None:
+            assert loop.time() - began < 5.0
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(2 * completion.LATE_LOOK_S)
+        assert j.state == "ok" and j.stalls == 0, (j.state, j.stalls)
+        hook.hold()  # a group that really hangs, found late: said stalled at the second look
+        j.append(["a", "T1", 3, "x"])
+        await asyncio.sleep(0.05)
+        fires_late()
+        assert j.state == "ok"
+        fires_late()  # (the second look late too, this process starved: it looks only once)
+        assert j.state == "stalled" and j.stalls == 1
+        hook.release()
+        while j.state != "ok":
+            assert loop.time() - began < 15.0, "the journal never recovered"
+            await asyncio.sleep(0.01)
+    finally:
+        j.close()

@@ -37,6 +37,10 @@ def _backoff(tries: int) -> float:
     return RETRY_S[min(tries, len(RETRY_S) - 1)]
 
 
+LATE_S = 0.25  # a deadline timer firing this much after it was due: this process stalled
+LATE_LOOK_S = 0.05  # then looked at again after this long (the loop reads completions meanwhile)
+
+
 class Completion:
     """What follows a group commit (see the module docstring; the attributes are Journal's)."""
 
@@ -60,6 +64,8 @@ class Completion:
     _retry: int
     _retry_timer: asyncio.TimerHandle | None
     _timer: asyncio.TimerHandle | None
+    _timer_due: float  # when the deadline timer was due (boot clock): one firing much later found this process stalled
+    _late_looked: bool  # a late firing looked again once already
     _flush_scheduled: bool
     _urgent: bool
     _lazy_timer: asyncio.TimerHandle | None
@@ -199,15 +205,29 @@ class Completion:
         if self._inflight is None:
             self._flush()
 
+    def arm_deadline(self, delay: float) -> None:
+        self._timer_due = boot_now() + delay
+        self._timer = asyncio.get_running_loop().call_later(delay, self._deadline)
+
     def _deadline(self) -> None:
         """`timeout` after a group began: still in flight, the storage is not answering."""
         self._timer = None
         if self._inflight is None:
+            self._late_looked = False
             return
-        left = self._batch_t0 + self.timeout - boot_now()
+        now = boot_now()
+        left = self._batch_t0 + self.timeout - now
         if left > 0:  # a later group: its own time
-            self._timer = asyncio.get_running_loop().call_later(left, self._deadline)
+            self.arm_deadline(left)
             return
+        if now - self._timer_due > LATE_S and not self._late_looked:
+            # fired this late: this process itself did not run (SIGSTOP, a paused VM), and the
+            # write's completion may be waiting to be read (uvloop runs due timers before it
+            # reads): looked at again after a turn of the loop, not said stalled at once
+            self._late_looked = True
+            self.arm_deadline(LATE_LOOK_S)
+            return
+        self._late_looked = False
         if self.state == "ok":
             self.stalls += 1
             self._set_state("stalled", f"a write has not completed in {self.timeout:g} s (storage not responding)")

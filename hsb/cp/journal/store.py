@@ -150,6 +150,8 @@ class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_wr
         # too, or a failing disk would be tried again at the rate messages arrive)
         self._retry_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        self._late_looked = False
         self._flush_scheduled = False
         self._urgent = False  # something pending that a caller waits on (not only lazy records)
         self._lazy_timer: asyncio.TimerHandle | None = None
@@ -403,7 +405,7 @@ class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_wr
         self._inflight = batch
         self._batch_t0 = boot_now()
         if self._timer is None:  # one timer serves many groups (not one armed and cancelled each)
-            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._deadline)
+            self.arm_deadline(self.timeout)
         if not deletions and self._through_ring(batch, callbacks):
             return
         self._exec.call(lambda: self._write_and_delete(batch, deletions), lambda took, exc: self._written(took, exc, batch, callbacks, deletions))
