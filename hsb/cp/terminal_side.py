@@ -55,8 +55,16 @@ class TerminalSide:
             # is its reconnect (else refused as already connected until the bound is left)
             self._connection_gone(term, "reconnect")
         if term.conn is not None and not term.conn.closed:
-            log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
-            proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")
+            # its terminal back on a new connection, most likely, the old one dead without a word
+            # (the terminal's machine restarted, a reset lost on the way): the kernel is asked to
+            # probe the old one's peer now, so a dead one is gone by the terminal's next try
+            term.conn.probe_peer()
+            log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected", connected_from=term.conn.peer)
+            proto.close_with_error(
+                "already_connected",
+                f"terminal {name!r} is already connected from {term.conn.peer} (that connection's peer is being asked:"
+                " if it is gone, try again in a second or two)",
+            )
             return
         if term.conn is not None:  # closed here and not gone yet (its queued bytes still going out)
             self.terminal_lost(term)

@@ -62,6 +62,22 @@ def tcp_keepalive(sock: Any, idle: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
+def probe_now(sock: Any) -> None:
+    """Have the kernel probe this connection's peer now: its TCP_KEEPIDLE set to 1 s, which Linux
+    applies at once to a connection idle that long (a probe goes out), then a probe a second
+    (tcp_keepalive's interval). A peer whose machine forgot the connection (rebooted, its reset
+    lost on the way, a NAT that dropped its state) answers with a reset; a silent one is dropped
+    after KEEPALIVE_PROBES unanswered probes; a live one answers and nothing changes (but a probe a
+    second while it stays idle). Nothing where it cannot be asked (not TCP, not Linux)."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_KEEPIDLE"):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    except OSError:
+        pass  # (the socket itself gone: its end is on its way)
+
+
 # TCP states (Linux's tcp_states.h) in which the peer has gone: it reset the connection, or
 # keepalive gave up on it (CLOSE), or it closed its side (CLOSE_WAIT: a terminal's link is not
 # half-open by design, so its FIN is its leaving)
@@ -461,6 +477,13 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
             reason=f"closed, and nothing it was sent was read for {CLOSE_LINGER_S:g}s",
         )
         tr.abort()
+
+    def probe_peer(self) -> None:
+        """Ask the kernel to probe this connection's peer now (`probe_now`): a dead one is dropped
+        within a round trip (a reset) or a few seconds (silence), not after the keepalive's idle time."""
+        tr = self.transport
+        if not self.closed and tr is not None:
+            probe_now(tr.get_extra_info("socket"))
 
     def peer_gone(self) -> bool:
         """The peer reset or closed this connection, although nothing here has read that yet

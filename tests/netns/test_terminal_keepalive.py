@@ -63,3 +63,34 @@ async def test_a_terminal_whose_connection_died_in_a_partition_logs_on_again(tmp
     # the dead connection was there (the test shows what it claims), and keepalive ended it
     assert answers[0] == {"t": "error", "code": "already_connected"}, answers[:3]
     assert took < KEEPALIVE_S + 3 + 3, f"logged on again only after {took:.1f} s: {answers[-3:]}"
+
+
+async def test_a_terminal_back_on_a_new_connection_gets_its_dead_one_probed_at_once(tmp_path: Path) -> None:
+    """The same, with the default keepalive (10 s idle): the CP that refuses the terminal as
+    `already_connected` asks the kernel to probe the old connection's peer now; the terminal's
+    machine, which forgot it, answers with a reset, and the terminal's next try is welcomed in a
+    second or two, not after the keepalive's idle time and three probes (13 s; the two-CP
+    walk-through saw refusals for 7 s and once 31 s after a VRRP flap reset terminals' connections
+    at the wrong machine)."""
+    with Lab(tmp_path / "lab", terminals=2) as lab:
+        lab.start_cp()
+        await lab.wait(lambda s: s["cp"].get("reachable"), 20, "hsbcpd to answer on its admin link")
+        first = _logon(lab, "logon-1", 1)
+        assert (await _answer(first, 10))["t"] == "welcome"
+        lab.cut_one_way("out", "t")
+        first.proc.kill()
+        first.proc.wait(5)
+        deadline = time.monotonic() + 10
+        while lab.dropped("out", "t") < 1:
+            assert time.monotonic() < deadline, "the terminal's reset never reached the cut"
+            await asyncio.sleep(0.05)
+        lab.heal_one_way()
+        await asyncio.sleep(1.2)  # (the old connection idle past the probe's 1 s, as a rebooted terminal's is)
+        t0 = time.monotonic()
+        second = _logon(lab, "logon-2", 120)  # 0.25 s apart
+        answers = [await _answer(second, 10)]
+        while answers[-1]["t"] != "welcome":
+            answers.append(await _answer(second, 10))
+        took = time.monotonic() - t0
+    assert answers[0] == {"t": "error", "code": "already_connected"}, answers[:3]
+    assert took < 3.0, f"logged on again only after {took:.1f} s ({len(answers) - 1} refusals): {answers[-3:]}"
