@@ -105,3 +105,31 @@ async def test_split_brain_takeover_zero_defers_for_good(tmp_path: Path, monkeyp
             assert time.monotonic() - started > 0.5
     said = _deferred(logs)
     assert len(said) == 1 and said[0]["takeover_in_s"] is None, said
+
+
+async def test_a_generation_taken_in_a_split_brain_is_not_taken_back_by_the_same_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lasting VRRP split brain: B took the journal by this rule and A's CP, superseded, started
+    again waiting; keepalived (FAULT while A had no hsbcpd, then BACKUP, no adverts) makes A
+    master again, a wake that comes while A's new CP waits. It took the journal back 2 s later,
+    and so on in turn, every terminal reconnecting each time (the review of this rule: generations
+    1 to 7 in 20 s). B's generation file says it was taken in a split brain: A waits while B beats."""
+    from hsb.cp.journal.generation import Generations
+
+    state = tmp_path / "keepalived.state"
+    state.write_text("BACKUP\n")
+    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(state), split_brain_takeover=BOUND, takeover_stale=0.2)
+    gens = Generations(tmp_path / "j")
+    assert gens.take(split=True) == 1 and gens.taken_in_split(1)  # (B's: the generation the wait sees)
+    assert gens.take() == 2 and not gens.taken_in_split(2)
+    (tmp_path / "j" / "gen-00000002").unlink()
+    j.beating = True
+    with structlog.testing.capture_logs() as logs:
+        async with takeover_wait(s) as task:
+            await waits_on(s, j, task, polls=2)
+            state.write_text("MASTER\n")
+            started = time.monotonic()
+            await waits_on(s, j, task, polls=25)
+            assert time.monotonic() - started > BOUND
+    said = _deferred(logs)
+    assert len(said) == 1 and said[0]["takeover_in_s"] is None and said[0]["withheld"] is True, said
+    assert "not taken back by the same rule" in str(said[0]["msg"])

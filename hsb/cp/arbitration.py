@@ -277,7 +277,12 @@ class Arbitration:
         self.announced = True
         fenced_old: str | None = None
         keep: HostProtocol | None = None  # the demoted active, when its sessions stay as its standby ones
-        self.handed_over_by = (demote.name, demote.instance or "", self.epoch) if demote is not None and old is demote else None
+        if demote is not None and old is demote:
+            self.handed_over_by = (demote.name, demote.instance or "", self.epoch)
+        elif old is None or not old.same_process(host):
+            # (kept across the role given again to the process it was granted to, which never read
+            # that grant: the old active may still come back as the active, and is told it handed over)
+            self.handed_over_by = None
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
         granted: dict[str, Any] = {"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease}
         if req is not None:  # the request this grant answers: the host's lease runs from its sending

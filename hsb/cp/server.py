@@ -78,6 +78,7 @@ class CPServer(Listeners, Waiting, TakingOver, Stopping):
         self.open_files: dict[str, Any] = {}
         self.accept_queue: dict[str, Any] = {}  # the terminal port's listen backlog, as the kernel allows it
         self.took_over: dict[str, Any] = {}
+        self.split_takeover = False  # the wait ended by split_brain_takeover (hsb.cp.waiting): its gen-N says so
         self.supervisor: dict[str, Any] | None = None  # hsbcpd --supervise: the master's pid, the restarts before this worker
         self.should_exit = asyncio.Event()
         self.woken = asyncio.Event()

@@ -56,6 +56,7 @@ class TakingOver:
     gens: Generations | None
     cp: CP | None
     took_over: dict[str, Any]
+    split_takeover: bool
     takeover_step: tuple[str, float, float] | None
     takeover_step_s: float
     _takeover_beats: asyncio.Task[None] | None
@@ -150,7 +151,8 @@ class TakingOver:
 
     async def _take_over_with(self, reason: str, c: Any, d: Path, t0: float, io: IOReady) -> None:
         assert self.gens is not None
-        gen = await self._step("generation", self.gens.take)  # durable before anything is read (SPEC §5.8)
+        # durable before anything is read (SPEC §5.8); said in its file if taken from a CP that still beat
+        gen = await self._step("generation", self.gens.take, self.split_takeover)
         journal_id = await self._step("journal id", self.gens.identity, gen)  # made if none: what the hosts follow
         # beaten from now on: a CP waiting on the other machine (a split brain: it holds the
         # address too) takes a generation file that stands still for takeover_stale for a dead

@@ -113,6 +113,7 @@ class Waiting:
     gens: Generations | None
     state: str
     wake_requested: bool
+    split_takeover: bool
     woken: asyncio.Event
     should_exit: asyncio.Event
     sighups: int
@@ -265,6 +266,7 @@ class Waiting:
         # before this process) is not: it may be the stale state of a keepalived that died here
         woke_at: float | None = None
         was_filed: bool | None = None  # the wake file's word at the last look (None: not looked yet, or none)
+        split_gen: tuple[int, bool] | None = None  # (generation, taken in a split brain itself), looked at once each
         failed = 0  # looks at the storage that failed in a row: each waits longer before the next
         while not self.should_exit.is_set():
             due: float | None = None  # woken, the heartbeat not yet stale: when it will be
@@ -321,27 +323,23 @@ class Waiting:
                     # takeover_stale; deferred, said only if it beats again)
                     woke_stamp = now_stamp
                 elif woke_stamp is not None and now_stamp != woke_stamp:
+                    if woke_at is not None and c.split_brain_takeover and (split_gen is None or split_gen[0] != gen):
+                        polled, was_split = await self._look(self.gens.taken_in_split, gen)
+                        if not polled:
+                            break
+                        split_gen = (gen, was_split is True)
+                    withheld = split_gen is not None and split_gen == (gen, True)
+                    may = woke_at is not None and c.split_brain_takeover > 0 and split_gen == (gen, False)
                     if not told:
                         told = True
-                        bound = c.split_brain_takeover if woke_at is not None else 0
-                        log.warning(
-                            "cp_wake_deferred",
-                            generation=gen,
-                            last_beat_s=age,
-                            takeover_in_s=bound or None,
-                            msg="master here, but another CP serves the journal and beats: not taking over (split brain?)"
-                            + (
-                                f"; taking it over in {bound:g} s unless the address leaves this machine (the address's traffic comes here)"
-                                if bound
-                                else ""
-                            ),
-                        )
-                    if woke_at is not None and c.split_brain_takeover and time.monotonic() - woke_at >= c.split_brain_takeover:
-                        return (
-                            f"master here for {time.monotonic() - woke_at:.1f} s while the CP of generation {gen} still beats"
-                            " (keepalived dead or hung on its machine, or a VRRP split brain): the address's traffic comes here"
-                        )
-                    if woke_at is not None and c.split_brain_takeover:
+                        self._say_deferred(gen, age, c.split_brain_takeover if may else 0, withheld)
+                    if may and woke_at is not None:
+                        if time.monotonic() - woke_at >= c.split_brain_takeover:
+                            self.split_takeover = True
+                            return (
+                                f"master here for {time.monotonic() - woke_at:.1f} s while the CP of generation {gen} still beats"
+                                " (keepalived dead or hung on its machine, or a VRRP split brain): the address's traffic comes here"
+                            )
                         due = max(0.001, woke_at + c.split_brain_takeover - time.monotonic())
             else:
                 stamp = None
@@ -349,6 +347,17 @@ class Waiting:
             wait = doubling(WAIT_POLL, STORAGE_POLL, failed)  # (a failed look's backoff)
             await event_within(self.woken, wait if due is None else min(wait, due))
         return None
+
+    @staticmethod
+    def _say_deferred(gen: int, age: float | None, bound: float, withheld: bool) -> None:
+        """Woken, another CP still beats: said once. `bound`: taken over after that long unless
+        the address leaves; `withheld`: that CP took the journal from one that still beat itself."""
+        msg = "master here, but another CP serves the journal and beats: not taking over (split brain?)"
+        if bound:
+            msg += f"; taking it over in {bound:g} s unless the address leaves this machine (the address's traffic comes here)"
+        elif withheld:
+            msg += "; that CP took the journal over from one that still beat (split_brain_takeover): not taken back by the same rule, waiting while it beats"
+        log.warning("cp_wake_deferred", generation=gen, last_beat_s=age, takeover_in_s=bound or None, withheld=withheld, msg=msg)
 
     async def _address_lost(self, exc: ListenError) -> bool:
         """A takeover's bind refused with EADDRNOTAVAIL while `takeover = "on_wake"`, or the

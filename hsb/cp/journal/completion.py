@@ -217,7 +217,8 @@ class Completion:
             return
         now = boot_now()
         left = self._batch_t0 + self.timeout - now
-        if left > 0:  # a later group: its own time
+        if left > 0:  # a later group: its own time (and its own look if found late)
+            self._late_looked = False
             self.arm_deadline(left)
             return
         if now - self._timer_due > LATE_S and not self._late_looked:

@@ -145,6 +145,9 @@ def read_journal_id(d: Path) -> str | None:
     return text
 
 
+SPLIT_MARK = " split"  # the end of a gen-N file's line: taken from a CP that still beat
+
+
 class Generations:
     def __init__(self, d: Path) -> None:
         self.dir = d
@@ -163,8 +166,9 @@ class Generations:
                 best = max(best, int(m.group(1)))
         return best
 
-    def take(self) -> int:
-        """Create the next generation's file, durably; the generation this CP now owns."""
+    def take(self, split: bool = False) -> int:
+        """Create the next generation's file, durably; the generation this CP now owns. `split`:
+        taken from a CP that still beat (hsb.cp.waiting, split_brain_takeover), said in its file."""
         self.dir.mkdir(parents=True, exist_ok=True)
         # above every segment's generation too: with gen- files missing (cleaned up by hand, a
         # listing that missed them) a lower one would be refused by the hosts, and lose to the
@@ -175,7 +179,8 @@ class Generations:
         if current and n > current + 1:
             self._create(current + 1, b"")  # a CP of `current` still running looks for this one: fenced
         token = uuid.uuid4().hex[:16]
-        while not self._create(n, f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f} takeover {token}\n".encode()):
+        line = f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f} takeover {token}{SPLIT_MARK if split else ''}\n"
+        while not self._create(n, line.encode()):
             n += 1  # another CP took this one at the same moment: the next is ours
         self.takeover = token
         return n
@@ -209,6 +214,15 @@ class Generations:
         except FileExistsError:
             return False
         return True
+
+    def taken_in_split(self, n: int) -> bool:
+        """Whether generation `n` was taken from a CP that still beat (`take(split=True)`): a
+        waiting CP never takes such a one over by the same rule, or two CP machines both master
+        (a VRRP split brain) would take the journal from each other in turn."""
+        try:
+            return (self.dir / gen_name(n)).read_bytes().rstrip().endswith(SPLIT_MARK.encode())
+        except OSError:
+            return False
 
     def mark_snapshot(self, own: int) -> None:
         """`own`'s takeover snapshot is durable: said durably (snap-N), before older generations go."""
