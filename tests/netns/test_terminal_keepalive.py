@@ -39,27 +39,35 @@ async def _answer(dm: Daemon, timeout: float) -> dict[str, Any]:
     return out
 
 
+async def _dead_connection_then_retries(lab: Lab, idle_s: float = 0.0) -> tuple[list[dict[str, Any]], float]:
+    """T00001 logged on, then its machine forgets the connection and its one reset is lost on the
+    way; after `idle_s` more (the old connection idle), it logs on again, trying every 0.25 s: the
+    answers until its welcome, and how long that took."""
+    first = _logon(lab, "logon-1", 1)
+    assert (await _answer(first, 10))["t"] == "welcome"
+    lab.cut_one_way("out", "t")
+    first.proc.kill()
+    first.proc.wait(5)
+    deadline = time.monotonic() + 10
+    while lab.dropped("out", "t") < 1:
+        assert time.monotonic() < deadline, "the terminal's reset never reached the cut"
+        await asyncio.sleep(0.05)
+    lab.heal_one_way()
+    if idle_s:
+        await asyncio.sleep(idle_s)
+    t0 = time.monotonic()
+    second = _logon(lab, "logon-2", 120)  # 0.25 s apart: 30 s at most
+    answers = [await _answer(second, 10)]
+    while answers[-1]["t"] != "welcome":
+        answers.append(await _answer(second, 10))
+    return answers, time.monotonic() - t0
+
+
 async def test_a_terminal_whose_connection_died_in_a_partition_logs_on_again(tmp_path: Path) -> None:
     with Lab(tmp_path / "lab", terminals=2, cp_options={"terminal_keepalive": KEEPALIVE_S}) as lab:
         lab.start_cp()
         await lab.wait(lambda s: s["cp"].get("reachable"), 20, "hsbcpd to answer on its admin link")
-        first = _logon(lab, "logon-1", 1)
-        assert (await _answer(first, 10))["t"] == "welcome"
-        # the terminal's machine forgets the connection and its one reset is lost on the way
-        lab.cut_one_way("out", "t")
-        first.proc.kill()
-        first.proc.wait(5)
-        deadline = time.monotonic() + 10
-        while lab.dropped("out", "t") < 1:
-            assert time.monotonic() < deadline, "the terminal's reset never reached the cut"
-            await asyncio.sleep(0.05)
-        lab.heal_one_way()
-        t0 = time.monotonic()
-        second = _logon(lab, "logon-2", 120)  # 0.25 s apart: 30 s at most
-        answers = [await _answer(second, 10)]
-        while answers[-1]["t"] != "welcome":
-            answers.append(await _answer(second, 10))
-        took = time.monotonic() - t0
+        answers, took = await _dead_connection_then_retries(lab)
     # the dead connection was there (the test shows what it claims), and keepalive ended it
     assert answers[0] == {"t": "error", "code": "already_connected"}, answers[:3]
     assert took < KEEPALIVE_S + 3 + 3, f"logged on again only after {took:.1f} s: {answers[-3:]}"
@@ -75,22 +83,7 @@ async def test_a_terminal_back_on_a_new_connection_gets_its_dead_one_probed_at_o
     with Lab(tmp_path / "lab", terminals=2) as lab:
         lab.start_cp()
         await lab.wait(lambda s: s["cp"].get("reachable"), 20, "hsbcpd to answer on its admin link")
-        first = _logon(lab, "logon-1", 1)
-        assert (await _answer(first, 10))["t"] == "welcome"
-        lab.cut_one_way("out", "t")
-        first.proc.kill()
-        first.proc.wait(5)
-        deadline = time.monotonic() + 10
-        while lab.dropped("out", "t") < 1:
-            assert time.monotonic() < deadline, "the terminal's reset never reached the cut"
-            await asyncio.sleep(0.05)
-        lab.heal_one_way()
-        await asyncio.sleep(1.2)  # (the old connection idle past the probe's 1 s, as a rebooted terminal's is)
-        t0 = time.monotonic()
-        second = _logon(lab, "logon-2", 120)  # 0.25 s apart
-        answers = [await _answer(second, 10)]
-        while answers[-1]["t"] != "welcome":
-            answers.append(await _answer(second, 10))
-        took = time.monotonic() - t0
+        # (the old connection idle past the probe's 1 s, as a rebooted terminal's is)
+        answers, took = await _dead_connection_then_retries(lab, idle_s=1.2)
     assert answers[0] == {"t": "error", "code": "already_connected"}, answers[:3]
     assert took < 3.0, f"logged on again only after {took:.1f} s ({len(answers) - 1} refusals): {answers[-3:]}"
