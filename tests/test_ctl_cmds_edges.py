@@ -238,3 +238,23 @@ def test_a_promote_after_a_normal_stop_names_the_host_that_had_stopped() -> None
     e = {"kind": "promote", "at": 1_700_000_000.0, "epoch": 3, "from": None, "stopped": "host-a", "to": "host-b", "reason": "operator"}
     _, row = ops_cmds.history_lines([e])
     assert row.split()[2:7] == ["promote", "3", "(host-a", "stopped)", "->"], row
+
+
+def test_a_stop_the_cp_could_not_be_told_of_waits_for_the_standby_to_take_over(
+    monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The active's CP link down (the CP stalled): it stops without handing over, but the CP,
+    not told, takes the end of its link for the active's loss and the standby takes over a few
+    seconds later. hsbctl said `no host serves now (… 'hsbctl promote')` at once (the alone.py
+    review); it now waits for that takeover a while and says who serves."""
+    unaware = {**STOPPING, "msg": "host-a stops; its link to the CP is down, …", "cp_unaware": True}
+
+    def later(st: dict[str, Any], n: int) -> bool:
+        if n >= 4:  # (a few polls after host-a went)
+            st["hosts"] = [{**h, "role": "active", "serving": True} if h["name"] == "host-b" else h for h in st["hosts"]]
+        return True
+
+    code, out, err, _ = _stop(monkeypatch, secret, capsys, answer=unaware, after=later)
+    assert code == 0 and out.splitlines()[-1] == "host-a stopped; host-b is the active host", (code, out, err)
+    code, out, err, _ = _stop(monkeypatch, secret, capsys, answer={**STOPPING, "msg": "host-a stops normally"}, after=later)
+    assert code == 0 and out.splitlines()[-1].startswith("host-a stopped; no host serves now"), (code, out, err)

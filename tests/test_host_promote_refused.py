@@ -47,3 +47,22 @@ def test_a_promote_the_standby_cannot_ask_for_is_refused_with_the_reason(state: 
     sent, posted = _promote(**state)
     assert posted == [] and len(sent) == 1 and sent[0]["ok"] is False and sent[0]["msg"].startswith(why), sent
     assert "\n" not in sent[0]["msg"]
+
+
+def test_a_stop_of_the_active_cut_off_from_the_cp_says_the_cp_may_fail_over() -> None:
+    """The active's CP link down (the CP stalled, or its network) as it is stopped: it cannot hand
+    over, and the CP, not told, takes the end of its link for the active's loss: a standby
+    registered there takes over. Its answer said `stops normally: nobody takes over (no
+    established standby)`, which was not so (the alone.py review, session 69)."""
+    ha = HA.__new__(HA)
+    ha.name, ha.role, ha.stopping, ha.registered = "host-a", "active", False, False
+    p = HostAdminProtocol.__new__(HostAdminProtocol)
+    sent: list[dict[str, Any]] = []
+    stops: list[bool] = []
+    p.srv = SimpleNamespace(ha=ha, request_stop=stops.append)  # type: ignore[assignment]
+    p.send = sent.append  # type: ignore[method-assign,assignment]
+    p.flush = lambda: None  # type: ignore[method-assign]
+    p.on_stop({"t": "stop", "takeover": True})
+    assert stops == [True] and len(sent) == 1 and sent[0]["ok"] is True, sent
+    assert sent[0]["hands_over"] is False and sent[0]["cp_unaware"] is True, sent
+    assert "its link to the CP is down" in sent[0]["msg"] and "nobody takes over" not in sent[0]["msg"], sent

@@ -98,15 +98,24 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
     click.echo(ans["msg"])
     deadline = time.monotonic() + timeout
     stopped = False
+    stopped_at = deadline
     while time.monotonic() < deadline:
         st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         # gone: nothing listens at its admin address any more (one merely slow to answer, while
         # it hands over, say, has not stopped)
+        was_stopped = stopped
         stopped = stopped or any(
             u.get("addr") == target["addr"] and _gone(str(u.get("error", ""))) for u in [*st.get("unknown", []), *st.get("absent", [])]
         )
+        if stopped and not was_stopped:
+            stopped_at = time.monotonic()
         if stopped:
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
+            unaware = ans.get("cp_unaware") is True and ans.get("hands_over") is not True
+            if unaware and active is None and time.monotonic() < min(deadline, stopped_at + UNAWARE_WAIT_S):
+                # its CP link was down: the CP takes its end for a loss, and the standby may take over
+                await asyncio.sleep(0.1)
+                continue
             if ans.get("hands_over") is not True:
                 click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else f"no host serves now ({_way_on(st)})"))
                 return 0
@@ -119,6 +128,9 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
     if not stopped:
         click.echo(f"error: {name} did not stop within {timeout:.0f} s; see 'hsbctl status'", err=True)
         return 1
+    if ans.get("hands_over") is not True:  # (its CP link down, and no standby took over by the deadline)
+        click.echo(f"{name} stopped; no host serves now ({_way_on(st)})")
+        return 0
     cp = st.get("cp") or {}
     if not cp.get("reachable"):
         click.echo(f"error: {name} stopped; whether its handover completed is not known (the CP {unheard(cp)})", err=True)
@@ -129,6 +141,11 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         err=True,
     )
     return 1
+
+
+# a stop the CP could not be told of (the host's CP link down): how long hsbctl waits for the
+# standby to take over by itself (the CP's wait for an unwitnessed loss, 3 s, and the takeover)
+UNAWARE_WAIT_S = 8.0
 
 
 def _way_on(st: dict[str, Any]) -> str:

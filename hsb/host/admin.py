@@ -56,11 +56,20 @@ class HostAdminProtocol(AuthServerProtocol):
             what = "hands over to the standby, then stops"
             if ha.standby_view_stale():  # (still: a normal stop would end the service for everyone)
                 what += f"; {ha.stale_view_caveat()}"
+        elif ha.role == "active" and takeover and not ha.registered:
+            # (the CP stalled, or its network: it cannot be told of the stop, and takes the end of
+            # this host's link for the active's loss; hsb.cp.alone)
+            what = (
+                "stops; its link to the CP is down, so the CP cannot be told: it takes the end of that link for the"
+                " active's loss, and a standby registered there takes over (in a few seconds); else nobody serves"
+            )
         elif ha.role == "active":
             what = "stops normally: nobody takes over (" + ("no established standby" if takeover else "--no-takeover") + ")"
         else:
             what = "stops (it is the standby: the active serves on without one)"
         # `hands_over`: hsbctl stop then checks the standby became the active (else it failed)
-        self.send({"t": "result", "ok": True, "msg": f"{ha.name} {what}", "hands_over": hands_over})
+        # `cp_unaware`: the CP may fail over to the standby by itself (hsbctl stop waits a while for it)
+        cp_unaware = ha.role == "active" and takeover and not hands_over and not ha.registered
+        self.send({"t": "result", "ok": True, "msg": f"{ha.name} {what}", "hands_over": hands_over, "cp_unaware": cp_unaware})
         self.flush()
         self.srv.request_stop(takeover)
