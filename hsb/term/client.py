@@ -454,7 +454,7 @@ class TerminalClient(Logon, Answers, Resume, asyncio.Protocol):
     def why_lost(self, exc: Exception | None) -> str:
         """Why its connection ended, as this side saw it: the code of the CP's error frame,
         `protocol_error` (the CP sent what breaks the protocol), `closed_here`, else
-        hsb.wire.conn.lost_why's word (`closed`: the CP ended it without saying why, `reset`,
+        hsb.wire.lost.lost_why's word (`closed`: the CP ended it without saying why, `reset`,
         `timed_out`: keepalive gave up on a silent CP or line)."""
         if self.told_why:
             return self.last_error or ("protocol_error" if self.broke_protocol else "closed_here")
