@@ -5,7 +5,7 @@ deferring for good left every terminal unserved for as long as keepalived was do
 two-CP walk-through: 22 s for a 20 s SIGSTOP, without end after a SIGKILL). Only a wake that
 came while this CP waited counts: a MASTER written before it started may be the stale word of a
 keepalived that died on this machine, whose CP was just superseded (else the two would take
-the journal from each other in turn)."""
+the journal from each other in turn: tests/test_cp_waiting_edges.py, the woken CP that defers)."""
 
 from __future__ import annotations
 
@@ -50,23 +50,6 @@ async def test_a_cp_woken_while_waiting_takes_over_a_beating_cp_after_the_bound(
     said = _deferred(logs)
     assert len(said) == 1 and said[0]["takeover_in_s"] == BOUND, said
     assert f"taking it over in {BOUND:g} s unless the address leaves" in str(said[0]["msg"])
-
-
-async def test_a_master_written_before_the_cp_started_never_takes_a_beating_cp_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CP of a machine whose keepalived died, superseded and started again: the wake file
-    still says MASTER; the CP that took over beats. This one waits, or the two would take the
-    journal from each other every `split_brain_takeover`."""
-    state = tmp_path / "keepalived.state"
-    state.write_text("MASTER\n")
-    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(state), split_brain_takeover=0.2, takeover_stale=0.2)
-    j.beating = True
-    with structlog.testing.capture_logs() as logs:
-        async with takeover_wait(s) as task:
-            started = time.monotonic()
-            await waits_on(s, j, task, polls=20)
-            assert time.monotonic() - started > 3 * 0.2
-    said = _deferred(logs)
-    assert len(said) == 1 and said[0]["takeover_in_s"] is None, said
 
 
 @pytest.mark.parametrize("then", ["address_leaves", "keepalived_says_backup"])

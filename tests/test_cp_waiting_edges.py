@@ -132,10 +132,13 @@ async def test_a_woken_cp_takes_over_a_journal_whose_cp_never_beat(tmp_path: Pat
 
 async def test_a_cp_woken_while_the_serving_one_beats_defers_said_once_and_waits_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Split brain, not a failover: the woken CP says it defers, once, and waits; waiting longer
-    than takeover_stale is no reason to take over a CP whose beat keeps moving."""
+    than takeover_stale is no reason to take over a CP whose beat keeps moving. Nor longer than
+    split_brain_takeover, for a MASTER written before it started (the CP of a machine whose
+    keepalived died, superseded and started again: the wake file still says MASTER; else the two
+    would take the journal from each other in turn: tests/test_cp_split_brain_takeover.py)."""
     wake = tmp_path / "keepalived.state"
     wake.write_text("MASTER\n")
-    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake), takeover_stale=0.2)
+    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake), takeover_stale=0.2, split_brain_takeover=0.2)
     j.beating = True
     with structlog.testing.capture_logs() as logs:
         async with takeover_wait(s) as task:
@@ -143,6 +146,8 @@ async def test_a_cp_woken_while_the_serving_one_beats_defers_said_once_and_waits
             await waits_on(s, j, task, polls=20)
             assert time.monotonic() - started > 3 * 0.2
     assert [e["event"] for e in logs].count("cp_wake_deferred") == 1, logs
+    said = [e for e in logs if e["event"] == "cp_wake_deferred"]
+    assert said[0]["takeover_in_s"] is None, said
 
 
 async def test_a_cp_woken_just_after_the_last_beat_takes_over_when_it_is_stale_without_deferring(

@@ -100,8 +100,18 @@ class Alone:
     def loss_told_after(self: CP, host: HostProtocol) -> None:
         """A standby registers (a new link) while the active is lost: it was not there throughout,
         so nobody here saw both; it is told of the loss once the active has had RETURN_WAIT_S from
-        now to register again."""
+        now to register again. But the active of record's own process registering as the standby
+        holds no role (a grant it never read: both links lost in a switchover): told now."""
         a = self.active
+        if a is not None and a.closed and a.same_process(host):
+            self.quiet_until = None
+            log.info(
+                "active_back_as_standby",
+                host=host.name,
+                epoch=self.epoch,
+                msg="the active of record registered as the standby: it holds no role; told now",
+            )
+            return
         self._tell_later(time.monotonic(), a.name if a is not None else None, host.name)
 
     def _tell_later(self: CP, now: float, active: str | None, standby: str | None) -> None:

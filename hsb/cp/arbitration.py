@@ -104,9 +104,10 @@ class Arbitration:
             left = self.lease_left(a)
             claim = self.peer_closed_claim
             peer_closed = peer_closed or (claim is not None and claim[0] == host.name and time.monotonic() - claim[1] < PEER_CLAIM_S)
-            # (a release gives the role up: as below; the requester's own process holds no lease as
-            # the active: it registered as the standby since, `host_register`)
-            if not peer_closed and left > 0 and not (planned and a.released) and not a.same_process(host):
+            # the requester's own process holds no lease as the active: it registered as the
+            # standby since (`host_register`)
+            own = a.same_process(host)
+            if not peer_closed and left > 0 and not (planned and a.released) and not own:  # (a release gives the role up: as below)
                 self.deferred_ask = (host.name, reason, planned, kind, req)
                 if self.deferred_grant is None:
                     log.info(
@@ -122,7 +123,7 @@ class Arbitration:
                 "; its peer link closed too"
                 if peer_closed
                 else "; the requester is that host's own process, registered as the standby since"
-                if a.same_process(host)
+                if own
                 else f", its lease run out ({self.host_lease:g} s)"
             )
         elif (silent := time.monotonic() - a.last_rx) > self.host_timeout:

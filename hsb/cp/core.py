@@ -338,19 +338,8 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
             if a is not None and self.loss is not None and not self.active_stopped_normally:
                 # the active was lost abnormally while no standby was listening (or told a link
                 # of the standby's that is gone now): said on this link, once the active has had
-                # time to register again (nobody heard both: this CP may have been cut off itself).
-                # But the active of record's own process registering as the standby holds no role
-                # (a grant it never read: both links lost in a switchover): said now
-                if a.closed and a.same_process(host):
-                    self.quiet_until = None
-                    log.info(
-                        "active_back_as_standby",
-                        host=host.name,
-                        epoch=self.epoch,
-                        msg="the active of record registered as the standby: it holds no role; told now",
-                    )
-                else:
-                    self.loss_told_after(host)
+                # time to register again (nobody heard both: this CP may have been cut off itself)
+                self.loss_told_after(host)
                 self.active_lost_notified = False
                 self._notify_active_lost(a.name, "eof" if a.closed else "silent")
             elif a is None:  # (told to a link of the standby's that is gone now)

@@ -276,10 +276,14 @@ class TerminalProtocol(FramedProtocol):
             self.cp.logged_off(term)
         super().close()
 
+    def why_ended(self, exc: Exception | None = None) -> str:
+        """Why this connection ended (hsb.cp.drops): as said by whoever knew (`lost_why`), the error
+        code this side closed it with, closed here otherwise, else what its end said (`exc`)."""
+        return self.lost_why or self.close_code or ("closed_by_cp" if self.closed_here else lost_why(exc))
+
     def on_lost(self, exc: Exception | None, now: bool = False) -> None:
         term = self.term
-        if self.lost_why is None:
-            self.lost_why = self.close_code or ("closed_by_cp" if self.closed_here else lost_why(exc))
+        self.lost_why = self.why_ended(exc)
         if self._bye_read():
             self.bye_waiting = True  # it said bye behind the bound, and went: a logoff all the same
         self.parked = None

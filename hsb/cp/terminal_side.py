@@ -301,7 +301,7 @@ class TerminalSide:
         self.owed_no_more(term)
         term.paused = False
         self.connected -= 1
-        why = "logoff" if term.leaving else conn.lost_why or conn.close_code or ("closed_by_cp" if conn.closed_here else "closed")
+        why = "logoff" if term.leaving else conn.why_ended()
         self.drops.add(why)
         log.debug("terminal_disconnected", terminal=term.name, held=len(term.held), why=why)
         self._close_active_session(term, "logoff" if term.leaving else "disconnect")

@@ -328,7 +328,7 @@ class Waiting:
                         if not polled:
                             break
                         split_gen = (gen, was_split is True)
-                    withheld = split_gen is not None and split_gen == (gen, True)
+                    withheld = split_gen == (gen, True)
                     may = woke_at is not None and c.split_brain_takeover > 0 and split_gen == (gen, False)
                     if not told:
                         told = True

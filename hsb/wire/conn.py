@@ -69,11 +69,8 @@ def probe_now(sock: Any) -> None:
     lost on the way, a NAT that dropped its state) answers with a reset; a silent one is dropped
     after KEEPALIVE_PROBES unanswered probes; a live one answers and nothing changes (but a probe a
     second while it stays idle). Nothing where it cannot be asked (not TCP, not Linux)."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or not hasattr(socket, "TCP_KEEPIDLE"):
-        return
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+        tcp_keepalive(sock, 1)
     except OSError:
         pass  # (the socket itself gone: its end is on its way)
 
